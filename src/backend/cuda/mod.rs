@@ -1,0 +1,9 @@
+//! The CUDA backend: a cudarc context, kernels compiled at run time by NVRTC (see
+//! [`kernels`]), and cuBLAS. The CUDA libraries are loaded dynamically, so a binary
+//! built with the `cuda` feature still runs (on the CPU) where there is no driver.
+
+pub mod device;
+pub mod kernels;
+pub mod selftest;
+
+pub use device::CudaDevice;

@@ -1,0 +1,4 @@
+//! Compute backends.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -1,0 +1,7 @@
+//! diffsteer: a diffusion sampling engine that steers every denoising step.
+
+pub mod backend;
+pub mod error;
+pub mod rng;
+
+pub use error::{Error, Result};
