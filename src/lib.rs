@@ -3,5 +3,6 @@
 pub mod backend;
 pub mod error;
 pub mod rng;
+pub mod schedule;
 
 pub use error::{Error, Result};
