@@ -38,7 +38,9 @@ pub enum Error {
     #[error("shape mismatch in {op}: {message}")]
     Shape { op: String, message: String },
 
-    #[error("non-finite values (NaN or Inf) in {what} at sampling step {step} (timestep {timestep})")]
+    #[error(
+        "non-finite values (NaN or Inf) in {what} at sampling step {step} (timestep {timestep})"
+    )]
     NonFinite {
         what: String,
         step: usize,
@@ -50,7 +52,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, message: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Io {
             path: path.into(),
             message: message.into(),
@@ -58,7 +64,11 @@ impl Error {
         }
     }
 
-    pub fn config(path: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn config(
+        path: impl Into<PathBuf>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Config {
             path: path.into(),
             field: field.into(),
@@ -66,7 +76,11 @@ impl Error {
         }
     }
 
-    pub fn tensor(path: impl Into<PathBuf>, name: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn tensor(
+        path: impl Into<PathBuf>,
+        name: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Tensor {
             path: path.into(),
             name: name.into(),

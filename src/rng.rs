@@ -65,7 +65,12 @@ fn uniform_open(word: u32) -> f64 {
 
 fn normals_of_block(seed: u64, stream: u64, block: u64) -> [f32; 4] {
     let w = philox4x32_10(
-        [block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32],
+        [
+            block as u32,
+            (block >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
         [seed as u32, (seed >> 32) as u32],
     );
     let mut out = [0f32; 4];
@@ -109,13 +114,19 @@ mod tests {
     #[test]
     fn philox_matches_random123_known_answers() {
         // Known-answer vectors from the Random123 distribution (kat_vectors).
-        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32_10([0; 4], [0; 2]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
         assert_eq!(
             philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
             [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
         );
         assert_eq!(
-            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            philox4x32_10(
+                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+                [0xa4093822, 0x299f31d0]
+            ),
             [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
         );
     }

@@ -1,4 +1,111 @@
-//! Compute backends.
+//! Compute backends. [`Backend`] is the complete list of tensor operations the
+//! models need; model code is written once against it and never names a device.
+//!
+//! Layout conventions (see `tensor`): feature maps are NHWC; a linear weight is
+//! `[in_features, out_features]`; a convolution weight is `[kh, kw, c_in, c_out]`
+//! (row-major, so it is the `[kh·kw·c_in, c_out]` matrix of an im2col GEMM).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Stride and zero padding of a 2-D convolution (padding may be asymmetric, as
+/// diffusers' `Downsample2D` with `padding=0` pads only bottom and right).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_bottom: usize,
+    pub pad_left: usize,
+    pub pad_right: usize,
+}
+
+impl Conv2dGeometry {
+    pub fn symmetric(stride: usize, padding: usize) -> Self {
+        Conv2dGeometry {
+            stride,
+            pad_top: padding,
+            pad_bottom: padding,
+            pad_left: padding,
+            pad_right: padding,
+        }
+    }
+
+    /// Output (height, width) for an input of `h × w` and a `kh × kw` kernel.
+    pub fn output_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        let ph = h + self.pad_top + self.pad_bottom;
+        let pw = w + self.pad_left + self.pad_right;
+        if self.stride == 0 || ph < kh || pw < kw {
+            return None;
+        }
+        Some(((ph - kh) / self.stride + 1, (pw - kw) / self.stride + 1))
+    }
+}
+
+pub trait Backend: Send + Sync {
+    /// A short name for messages and reports ("cpu", "cuda:0").
+    fn name(&self) -> String;
+
+    /// A tensor on this backend holding `data` (row-major) with `shape`.
+    fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor>;
+
+    /// The elements of `x`, row-major, on the host.
+    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>>;
+
+    /// 2-D convolution of NHWC `x` with weight `[kh, kw, c_in, c_out]` and optional
+    /// bias `[c_out]`.
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        geometry: &Conv2dGeometry,
+    ) -> Result<Tensor>;
+
+    /// `x · weight + bias` over the last dimension: `[.., k] × [k, n] → [.., n]`.
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;
+
+    /// Group normalisation of NHWC `x` over `groups` channel groups (statistics per
+    /// sample and group over H, W and the group's channels), then the per-channel
+    /// affine `gamma`, `beta`, then SiLU when `silu` is set.
+    fn group_norm(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        silu: bool,
+    ) -> Result<Tensor>;
+
+    /// Layer normalisation over the last dimension with affine `gamma`, `beta`.
+    fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor>;
+
+    /// Multi-head scaled dot-product attention, softmax(q·kᵀ/√d)·v per head.
+    /// `q`: `[b, lq, heads·d]`, `k` and `v`: `[b, lk, heads·d]`; returns `[b, lq, heads·d]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>;
+
+    /// GEGLU: the last dimension `2f` splits into `[hidden, gate]`; returns
+    /// `hidden · gelu(gate)` (exact, erf-based GELU) of size `f`.
+    fn geglu(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// `x ← silu(x)`.
+    fn silu_assign(&self, x: &mut Tensor) -> Result<()>;
+
+    /// `x ← (x + y) · scale`; `x` and `y` have the same shape.
+    fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()>;
+
+    /// `x[n, h, w, c] ← x[n, h, w, c] + bias[n, c]` for NHWC `x` (per-sample
+    /// channel bias: the time embedding added inside a ResNet block).
+    fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()>;
+
+    /// Nearest-neighbour resize of NHWC `x` to `out_h × out_w` (source index
+    /// `floor(dst · in / out)`, as PyTorch's `nearest`).
+    fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>;
+
+    /// Concatenation of two NHWC tensors along channels: `[a, b]`.
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+}

@@ -71,7 +71,8 @@ impl CudaDevice {
             .compute_capability()
             .map_err(driver_err("reading the compute capability"))?;
         let stream = context.default_stream();
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
         Ok(CudaDevice {
             context,
             stream,
@@ -82,7 +83,9 @@ impl CudaDevice {
     }
 
     pub fn name(&self) -> Result<String> {
-        self.context.name().map_err(driver_err("reading the device name"))
+        self.context
+            .name()
+            .map_err(driver_err("reading the device name"))
     }
 
     /// The NVRTC target, e.g. `sm_90`.
@@ -92,7 +95,9 @@ impl CudaDevice {
 
     /// (free, total) device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
-        self.context.mem_get_info().map_err(driver_err("reading memory info"))
+        self.context
+            .mem_get_info()
+            .map_err(driver_err("reading memory info"))
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -104,7 +109,9 @@ impl CudaDevice {
     }
 
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(driver_err("synchronizing the stream"))
+        self.stream
+            .synchronize()
+            .map_err(driver_err("synchronizing the stream"))
     }
 
     /// The compiled module of `kernel` specialised by `defines`, compiling it on
@@ -120,15 +127,22 @@ impl CudaDevice {
             return Ok(module.clone());
         }
         let ptx = load_or_compile(kernel, &options, &key)?;
-        let module = self
-            .context
-            .load_module(ptx)
-            .map_err(|e| Error::Cuda(format!("loading module `{}` for {}: {e:?}", kernel.name, self.arch)))?;
+        let module = self.context.load_module(ptx).map_err(|e| {
+            Error::Cuda(format!(
+                "loading module `{}` for {}: {e:?}",
+                kernel.name, self.arch
+            ))
+        })?;
         modules.insert(key, module.clone());
         Ok(module)
     }
 
-    pub fn function(&self, kernel: &KernelSource, defines: &[String], name: &str) -> Result<CudaFunction> {
+    pub fn function(
+        &self,
+        kernel: &KernelSource,
+        defines: &[String],
+        name: &str,
+    ) -> Result<CudaFunction> {
         self.module(kernel, defines)?
             .load_function(name)
             .map_err(|e| Error::Cuda(format!("kernel `{name}` in `{}`: {e:?}", kernel.name)))
@@ -142,8 +156,12 @@ pub fn compile_ptx(kernel: &KernelSource, options: &[String]) -> Result<String> 
         name: Some(format!("{}.cu", kernel.name)),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts)
-        .map_err(|e| Error::Cuda(format!("NVRTC failed to compile `{}.cu`: {e:?}", kernel.name)))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts).map_err(|e| {
+        Error::Cuda(format!(
+            "NVRTC failed to compile `{}.cu`: {e:?}",
+            kernel.name
+        ))
+    })?;
     Ok(ptx.to_src())
 }
 

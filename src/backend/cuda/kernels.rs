@@ -53,3 +53,91 @@ pub fn disk_cache_dir() -> Option<PathBuf> {
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/diffsteer/kernels"))
 }
+
+/// The outcome of an offline compile: sizes and the compiler log, which holds
+/// ptxas' register, shared-memory and spill figures per kernel.
+#[derive(Debug, Clone)]
+pub struct CompileReport {
+    pub ptx_bytes: usize,
+    pub cubin_bytes: usize,
+    pub log: String,
+}
+
+impl CompileReport {
+    /// Lines of the log that report resource usage or spills.
+    pub fn resource_lines(&self) -> Vec<&str> {
+        self.log
+            .lines()
+            .filter(|l| {
+                l.contains("registers") || l.contains("spill") || l.contains("Compiling entry")
+            })
+            .collect()
+    }
+}
+
+/// Compiles `kernel` for a real architecture (`sm_90`) to PTX and CUBIN with
+/// `ptxas -v`, needing only libnvrtc (no GPU, no driver): what CI runs to make sure
+/// no kernel that fails to compile lands.
+pub fn compile_with_report(
+    kernel: &KernelSource,
+    arch: &str,
+    defines: &[String],
+) -> crate::error::Result<CompileReport> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::CString;
+
+    use crate::error::Error;
+
+    // SAFETY: only checks whether libnvrtc can be loaded.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::Cuda("libnvrtc not found (install the nvidia-cuda-nvrtc wheel or the CUDA toolkit, and add its lib folder to LD_LIBRARY_PATH)".into()));
+    }
+    let source = CString::new(kernel.source)
+        .map_err(|_| Error::Cuda(format!("{}.cu contains a NUL byte", kernel.name)))?;
+    let name = CString::new(format!("{}.cu", kernel.name))
+        .map_err(|_| Error::Cuda("bad kernel name".into()))?;
+    let mut options = compile_options(arch, defines);
+    options.push("--ptxas-options=-v".to_string());
+    let program = result::create_program(&source, Some(&name)).map_err(|e| {
+        Error::Cuda(format!(
+            "NVRTC cannot create a program for {}.cu: {e:?}",
+            kernel.name
+        ))
+    })?;
+    // SAFETY: `program` comes from create_program and is destroyed exactly once below;
+    // `source` and `name` outlive it.
+    let outcome = unsafe {
+        let compiled = result::compile_program(program, &options);
+        let log = result::get_program_log(program)
+            .map(|chars| {
+                let bytes: Vec<u8> = chars
+                    .iter()
+                    .map(|&c| c as u8)
+                    .take_while(|&b| b != 0)
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .unwrap_or_default();
+        match compiled {
+            Err(e) => Err(Error::Cuda(format!(
+                "NVRTC failed to compile {}.cu for {arch}: {e:?}\n{log}",
+                kernel.name
+            ))),
+            Ok(()) => {
+                let ptx = result::get_ptx(program).map(|p| p.len()).unwrap_or(0);
+                let mut cubin = 0usize;
+                let size_ok = sys::nvrtcGetCUBINSize(program, &mut cubin as *mut usize)
+                    .result()
+                    .is_ok();
+                Ok(CompileReport {
+                    ptx_bytes: ptx,
+                    cubin_bytes: if size_ok { cubin } else { 0 },
+                    log,
+                })
+            }
+        }
+    };
+    // SAFETY: created above and not yet destroyed.
+    let _ = unsafe { result::destroy_program(program) };
+    outcome
+}

@@ -85,7 +85,11 @@ pub fn run(device: &CudaDevice, mut report: impl FnMut(&CheckResult)) -> Result<
             name: format!("nvrtc {}.cu", kernel.name),
             rel_l2: None,
             tolerance: None,
-            note: format!("{} bytes of PTX in {:.0} ms", ptx.len(), started.elapsed().as_secs_f64() * 1e3),
+            note: format!(
+                "{} bytes of PTX in {:.0} ms",
+                ptx.len(),
+                started.elapsed().as_secs_f64() * 1e3
+            ),
         });
     }
 
@@ -137,7 +141,10 @@ fn check_axpby(device: &CudaDevice) -> Result<CheckResult> {
         name: "kernel axpby_f32".into(),
         rel_l2: Some(err),
         tolerance: Some(1e-6),
-        note: format!("{n} elements: {ms:.3} ms, {:.0} GB/s (12 B/element)", bytes / ms / 1e6),
+        note: format!(
+            "{n} elements: {ms:.3} ms, {:.0} GB/s (12 B/element)",
+            bytes / ms / 1e6
+        ),
     })
 }
 
@@ -179,8 +186,14 @@ fn check_sgemm(device: &CudaDevice) -> Result<CheckResult> {
     let err = rel_l2(&out, &reference);
 
     let big = 8192usize;
-    let ba = drv("upload", stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 40), big * big)))?;
-    let bb = drv("upload", stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 40), big * big)))?;
+    let ba = drv(
+        "upload",
+        stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 40), big * big)),
+    )?;
+    let bb = drv(
+        "upload",
+        stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 40), big * big)),
+    )?;
     let mut bc = drv("alloc", stream.alloc_zeros::<f32>(big * big))?;
     let iters = 5;
     for _ in 0..2 {

@@ -1,0 +1,120 @@
+//! Multi-head attention on the CPU. Queries are processed in blocks per (batch,
+//! head) so the score matrix of one task stays small (block × lk) however long the
+//! sequence; heads are read in place from the packed `[b, l, heads·d]` layout.
+
+use rayon::prelude::*;
+
+use super::matmul::{matmul, MatRef};
+
+const QUERY_BLOCK: usize = 64;
+
+pub struct AttentionShape {
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// A raw output pointer shared by tasks that write disjoint regions.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32, usize);
+// SAFETY: every task writes a disjoint set of (row, head) blocks of the buffer.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    // Methods (not field access) so closures capture the whole Send + Sync wrapper.
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+    fn len(&self) -> usize {
+        self.1
+    }
+}
+
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> Vec<f32> {
+    let width = s.heads * s.head_dim;
+    let mut out = vec![0f32; s.batch * s.q_len * width];
+    let blocks = s.q_len.div_ceil(QUERY_BLOCK);
+    let shared = SharedOut(out.as_mut_ptr(), out.len());
+    let scale = 1.0 / (s.head_dim as f32).sqrt();
+
+    (0..s.batch * s.heads * blocks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+            let block = task % blocks;
+            let head = (task / blocks) % s.heads;
+            let b = task / (blocks * s.heads);
+            let q0 = block * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(s.q_len - q0);
+            let col = head * s.head_dim;
+
+            let q_base = (b * s.q_len + q0) * width + col;
+            let kv_base = b * s.kv_len * width + col;
+            let q_view = MatRef {
+                data: &q[q_base..],
+                rows,
+                cols: s.head_dim,
+                row_stride: width,
+                col_stride: 1,
+            };
+            let k_t = MatRef {
+                data: &k[kv_base..],
+                rows: s.kv_len,
+                cols: s.head_dim,
+                row_stride: width,
+                col_stride: 1,
+            }
+            .t();
+            scores.clear();
+            scores.resize(rows * s.kv_len, 0.0);
+            matmul(scores, s.kv_len, q_view, k_t, scale, false);
+            for row in scores.chunks_mut(s.kv_len) {
+                softmax_in_place(row);
+            }
+            let v_view = MatRef {
+                data: &v[kv_base..],
+                rows: s.kv_len,
+                cols: s.head_dim,
+                row_stride: width,
+                col_stride: 1,
+            };
+            let mut block_out = vec![0f32; rows * s.head_dim];
+            matmul(
+                &mut block_out,
+                s.head_dim,
+                MatRef::row_major(scores, rows, s.kv_len),
+                v_view,
+                1.0,
+                false,
+            );
+            for (r, src) in block_out.chunks(s.head_dim).enumerate() {
+                let offset = (b * s.q_len + q0 + r) * width + col;
+                debug_assert!(offset + s.head_dim <= shared.len());
+                // SAFETY: this task alone writes row q0 + r, columns col..col + d of
+                // batch b, which lie inside `out` (q0 + r < q_len, col + d <= width).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        shared.ptr().add(offset),
+                        s.head_dim,
+                    )
+                };
+            }
+        });
+    out
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}

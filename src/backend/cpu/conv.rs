@@ -1,0 +1,103 @@
+//! 2-D convolution on NHWC tensors as im2col + GEMM. Output rows (pixels) are cut
+//! into chunks; each rayon task gathers its chunk's patches into a `[rows, kh·kw·c_in]`
+//! buffer and multiplies it by the `[kh·kw·c_in, c_out]` weight matrix.
+
+use rayon::prelude::*;
+
+use super::matmul::{matmul, MatRef};
+use crate::backend::Conv2dGeometry;
+
+/// Bytes of patch buffer per task that keep the packed operand cache-friendly.
+const PATCH_BUFFER_FLOATS: usize = 1 << 17;
+
+pub struct ConvShape {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub in_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub out_channels: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+pub fn conv2d(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    let rows = s.batch * s.out_height * s.out_width;
+    let k = s.kernel_h * s.kernel_w * s.in_channels;
+    let cout = s.out_channels;
+    let mut out = vec![0f32; rows * cout];
+    if rows == 0 || cout == 0 {
+        return out;
+    }
+    let w = MatRef::row_major(weight, k, cout);
+    let pointwise = s.kernel_h == 1
+        && s.kernel_w == 1
+        && g.stride == 1
+        && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
+    let chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
+
+    out.par_chunks_mut(chunk_rows * cout)
+        .enumerate()
+        .for_each_init(Vec::new, |patches: &mut Vec<f32>, (chunk, dst)| {
+            let first_row = chunk * chunk_rows;
+            let n_rows = dst.len() / cout;
+            if let Some(b) = bias {
+                for row in dst.chunks_mut(cout) {
+                    row.copy_from_slice(b);
+                }
+            }
+            let lhs = if pointwise {
+                MatRef::row_major(&x[first_row * k..(first_row + n_rows) * k], n_rows, k)
+            } else {
+                gather_patches(x, s, g, first_row, n_rows, patches);
+                MatRef::row_major(patches, n_rows, k)
+            };
+            matmul(dst, cout, lhs, w, 1.0, bias.is_some());
+        });
+    out
+}
+
+/// Writes the receptive fields of output pixels `first_row .. first_row + n_rows`
+/// into `patches` as rows of `kh·kw·c_in` values (zeros where the kernel overhangs).
+fn gather_patches(
+    x: &[f32],
+    s: &ConvShape,
+    g: &Conv2dGeometry,
+    first_row: usize,
+    n_rows: usize,
+    patches: &mut Vec<f32>,
+) {
+    let cin = s.in_channels;
+    let k = s.kernel_h * s.kernel_w * cin;
+    patches.clear();
+    patches.resize(n_rows * k, 0.0);
+    for r in 0..n_rows {
+        let pixel = first_row + r;
+        let ox = pixel % s.out_width;
+        let oy = (pixel / s.out_width) % s.out_height;
+        let b = pixel / (s.out_width * s.out_height);
+        let row = &mut patches[r * k..(r + 1) * k];
+        for ky in 0..s.kernel_h {
+            let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+            if iy < 0 || iy >= s.height as isize {
+                continue;
+            }
+            for kx in 0..s.kernel_w {
+                let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                if ix < 0 || ix >= s.width as isize {
+                    continue;
+                }
+                let src = ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
+                let dst = (ky * s.kernel_w + kx) * cin;
+                row[dst..dst + cin].copy_from_slice(&x[src..src + cin]);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Elementwise and data-movement ops on the CPU, parallel over fixed-size chunks.
+
+use rayon::prelude::*;
+
+/// Elements per rayon task for cheap elementwise work.
+pub const CHUNK: usize = 1 << 14;
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Exact (erf-based) GELU, as PyTorch's default `gelu`.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+pub fn silu_assign(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = silu(*v)));
+}
+
+pub fn add_assign(x: &mut [f32], y: &[f32], scale: f32) {
+    x.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK))
+        .for_each(|(a, b)| {
+            if scale == 1.0 {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            } else {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a = (*a + b) * scale);
+            }
+        });
+}
+
+/// `x[n, p, c] += bias[n, c]` with `pixels` positions per sample.
+pub fn add_channel_bias_assign(x: &mut [f32], bias: &[f32], pixels: usize, c: usize) {
+    let per_sample = pixels * c;
+    x.par_chunks_mut(per_sample)
+        .enumerate()
+        .for_each(|(n, sample)| {
+            let b = &bias[n * c..(n + 1) * c];
+            for px in sample.chunks_mut(c) {
+                px.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        });
+}
+
+pub fn geglu(x: &[f32], f: usize) -> Vec<f32> {
+    let rows = x.len() / (2 * f);
+    let mut out = vec![0f32; rows * f];
+    let rows_per_task = (CHUNK / f).max(1);
+    out.par_chunks_mut(rows_per_task * f)
+        .zip(x.par_chunks(rows_per_task * 2 * f))
+        .for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_mut(f).zip(src.chunks(2 * f)) {
+                let (hidden, gate) = s.split_at(f);
+                for i in 0..f {
+                    d[i] = hidden[i] * gelu(gate[i]);
+                }
+            }
+        });
+    out
+}
+
+pub fn upsample_nearest(
+    x: &[f32],
+    (n, h, w, c): (usize, usize, usize, usize),
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * out_h * out_w * c];
+    // PyTorch's `nearest` with an explicit size: src = floor(dst · (in / out)) in f32.
+    let sy = h as f32 / out_h as f32;
+    let sx = w as f32 / out_w as f32;
+    out.par_chunks_mut(out_w * c)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let b = row / out_h;
+            let oy = row % out_h;
+            let iy = ((oy as f32 * sy).floor() as usize).min(h - 1);
+            for ox in 0..out_w {
+                let ix = ((ox as f32 * sx).floor() as usize).min(w - 1);
+                let src = ((b * h + iy) * w + ix) * c;
+                dst[ox * c..(ox + 1) * c].copy_from_slice(&x[src..src + c]);
+            }
+        });
+    out
+}
+
+pub fn concat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize, pixels: usize) -> Vec<f32> {
+    let c = ca + cb;
+    let mut out = vec![0f32; pixels * c];
+    let px_per_task = (CHUNK / c).max(1);
+    out.par_chunks_mut(px_per_task * c)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            for (i, px) in dst.chunks_mut(c).enumerate() {
+                let p = task * px_per_task + i;
+                px[..ca].copy_from_slice(&a[p * ca..(p + 1) * ca]);
+                px[ca..].copy_from_slice(&b[p * cb..(p + 1) * cb]);
+            }
+        });
+    out
+}

@@ -1,0 +1,102 @@
+//! Group and layer normalisation. Statistics are accumulated in f64 so that large
+//! feature maps lose no precision; the normalisation itself is one fused
+//! multiply-add per element (`x·a_c + b_c`, with a per-sample, per-channel `a`, `b`).
+
+use rayon::prelude::*;
+
+use super::elementwise::silu;
+
+/// Pixels per statistics task: enough work per task, bounded partial-sum memory.
+const STAT_CHUNK_PIXELS: usize = 1024;
+
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm(
+    x: &[f32],
+    (n, h, w, c): (usize, usize, usize, usize),
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    apply_silu: bool,
+) -> Vec<f32> {
+    let pixels = h * w;
+    let chunks_per_sample = pixels.div_ceil(STAT_CHUNK_PIXELS).max(1);
+    // Per (sample, chunk): per-channel sum and sum of squares.
+    let partials: Vec<Vec<f64>> = (0..n * chunks_per_sample)
+        .into_par_iter()
+        .map(|task| {
+            let sample = task / chunks_per_sample;
+            let chunk = task % chunks_per_sample;
+            let start = chunk * STAT_CHUNK_PIXELS;
+            let end = ((chunk + 1) * STAT_CHUNK_PIXELS).min(pixels);
+            let mut acc = vec![0f64; 2 * c];
+            let base = sample * pixels * c;
+            for p in start..end {
+                let px = &x[base + p * c..base + (p + 1) * c];
+                for (ch, &v) in px.iter().enumerate() {
+                    let v = v as f64;
+                    acc[ch] += v;
+                    acc[c + ch] += v * v;
+                }
+            }
+            acc
+        })
+        .collect();
+
+    let per_group = c / groups;
+    let count = (pixels * per_group) as f64;
+    // Per sample: the per-channel scale and shift.
+    let mut affine = vec![0f32; n * 2 * c];
+    for sample in 0..n {
+        let mut sums = vec![0f64; 2 * c];
+        for part in &partials[sample * chunks_per_sample..(sample + 1) * chunks_per_sample] {
+            for (s, p) in sums.iter_mut().zip(part) {
+                *s += p;
+            }
+        }
+        for g in 0..groups {
+            let chans = g * per_group..(g + 1) * per_group;
+            let sum: f64 = sums[chans.clone()].iter().sum();
+            let sum_sq: f64 = sums[c + chans.start..c + chans.end].iter().sum();
+            let mean = sum / count;
+            let var = (sum_sq / count - mean * mean).max(0.0);
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            for ch in chans {
+                let a = gamma[ch] as f64 * rstd;
+                affine[sample * 2 * c + ch] = a as f32;
+                affine[sample * 2 * c + c + ch] = (beta[ch] as f64 - mean * a) as f32;
+            }
+        }
+    }
+
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(STAT_CHUNK_PIXELS * c)
+        .zip(x.par_chunks(STAT_CHUNK_PIXELS * c))
+        .enumerate()
+        .for_each(|(chunk, (dst, src))| {
+            for (p, (d, s)) in dst.chunks_mut(c).zip(src.chunks(c)).enumerate() {
+                let sample = (chunk * STAT_CHUNK_PIXELS + p) / pixels;
+                let (a, b) = affine[sample * 2 * c..(sample + 1) * 2 * c].split_at(c);
+                for ch in 0..c {
+                    let y = s[ch] * a[ch] + b[ch];
+                    d[ch] = if apply_silu { silu(y) } else { y };
+                }
+            }
+        });
+    out
+}
+
+pub fn layer_norm(x: &[f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .for_each(|(d, s)| {
+            let mean = s.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
+            let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (var + eps as f64).sqrt();
+            for i in 0..cols {
+                d[i] = (((s[i] as f64 - mean) * rstd) as f32) * gamma[i] + beta[i];
+            }
+        });
+    out
+}

@@ -1,0 +1,138 @@
+//! Turning samples into images: [-1, 1] model space to 8-bit pixels (as diffusers'
+//! `(x / 2 + 0.5).clamp(0, 1)`, `·255`, round), PNG encoding, and contact grids.
+
+use crate::error::{Error, Result};
+
+/// An 8-bit image, row-major, `channels` interleaved (1 = gray, 3 = RGB).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image8 {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl Image8 {
+    /// From an NHWC sample in [-1, 1] (values outside are clipped).
+    pub fn from_model_space(
+        data: &[f32],
+        height: usize,
+        width: usize,
+        channels: usize,
+    ) -> Result<Self> {
+        if !matches!(channels, 1 | 3) {
+            return Err(Error::invalid(
+                "image",
+                format!("cannot write a {channels}-channel sample as PNG (1 or 3 channels)"),
+            ));
+        }
+        if data.len() != height * width * channels {
+            return Err(Error::shape(
+                "image",
+                format!("{} values for {height}×{width}×{channels}", data.len()),
+            ));
+        }
+        let pixels = data
+            .iter()
+            .map(|&v| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
+        Ok(Image8 {
+            width,
+            height,
+            channels,
+            pixels,
+        })
+    }
+
+    pub fn encode_png(&self) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
+            encoder.set_color(if self.channels == 1 {
+                png::ColorType::Grayscale
+            } else {
+                png::ColorType::Rgb
+            });
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder
+                .write_header()
+                .map_err(|e| Error::invalid("png", format!("cannot encode: {e}")))?;
+            writer
+                .write_image_data(&self.pixels)
+                .map_err(|e| Error::invalid("png", format!("cannot encode: {e}")))?;
+        }
+        Ok(bytes)
+    }
+
+    /// Tiles `images` (all the same size) `columns` wide with `gap` pixels of black
+    /// between them, each magnified `scale` times (nearest neighbour).
+    pub fn grid(images: &[Image8], columns: usize, gap: usize, scale: usize) -> Result<Image8> {
+        let first = images
+            .first()
+            .ok_or_else(|| Error::invalid("grid", "no images"))?;
+        if images
+            .iter()
+            .any(|i| (i.width, i.height, i.channels) != (first.width, first.height, first.channels))
+        {
+            return Err(Error::invalid("grid", "images differ in size"));
+        }
+        let columns = columns.clamp(1, images.len());
+        let rows = images.len().div_ceil(columns);
+        let (cw, ch) = (first.width * scale, first.height * scale);
+        let width = columns * cw + (columns + 1) * gap;
+        let height = rows * ch + (rows + 1) * gap;
+        let c = first.channels;
+        let mut pixels = vec![0u8; width * height * c];
+        for (n, image) in images.iter().enumerate() {
+            let x0 = gap + (n % columns) * (cw + gap);
+            let y0 = gap + (n / columns) * (ch + gap);
+            for y in 0..ch {
+                for x in 0..cw {
+                    let src = ((y / scale) * image.width + x / scale) * c;
+                    let dst = ((y0 + y) * width + x0 + x) * c;
+                    pixels[dst..dst + c].copy_from_slice(&image.pixels[src..src + c]);
+                }
+            }
+        }
+        Ok(Image8 {
+            width,
+            height,
+            channels: c,
+            pixels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_space_maps_like_diffusers() {
+        let img = Image8::from_model_space(&[-1.0, 0.0, 1.0, 2.0, -0.999], 1, 5, 1).unwrap();
+        // (0/2+0.5)·255 = 127.5 rounds to 128; out-of-range values clip.
+        assert_eq!(img.pixels, vec![0, 128, 255, 255, 0]);
+    }
+
+    #[test]
+    fn grid_places_tiles_with_gaps() {
+        let a = Image8 {
+            width: 1,
+            height: 1,
+            channels: 1,
+            pixels: vec![10],
+        };
+        let b = Image8 {
+            width: 1,
+            height: 1,
+            channels: 1,
+            pixels: vec![20],
+        };
+        let g = Image8::grid(&[a, b.clone(), b], 2, 1, 2).unwrap();
+        assert_eq!((g.width, g.height), (2 * 2 + 3, 2 * 2 + 3));
+        assert_eq!(g.pixels[(1) * g.width + 1], 10);
+        assert_eq!(g.pixels[(1) * g.width + 4], 20);
+        assert_eq!(g.pixels[(4) * g.width + 1], 20);
+        assert_eq!(g.pixels[(4) * g.width + 4], 0);
+    }
+}

@@ -1,0 +1,73 @@
+//! diffusers' `ResnetBlock2D` (time-embedding norm "default", SiLU).
+
+use super::layers::{Conv2d, GroupNorm, Linear};
+use super::weights::Scope;
+use crate::backend::{Backend, Conv2dGeometry};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale: f32,
+}
+
+pub struct ResnetSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub temb_channels: usize,
+    pub groups: usize,
+    pub eps: f64,
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock {
+    pub fn load(b: &dyn Backend, s: &Scope, spec: &ResnetSpec) -> Result<Self> {
+        let (cin, cout) = (spec.in_channels, spec.out_channels);
+        let same = Conv2dGeometry::symmetric(1, 1);
+        Ok(ResnetBlock {
+            norm1: GroupNorm::load(b, &s.sub("norm1"), spec.groups, cin, spec.eps)?,
+            conv1: Conv2d::load(b, &s.sub("conv1"), (cin, cout, 3), same, true)?,
+            time_emb_proj: Linear::load(
+                b,
+                &s.sub("time_emb_proj"),
+                (spec.temb_channels, cout),
+                true,
+            )?,
+            norm2: GroupNorm::load(b, &s.sub("norm2"), spec.groups, cout, spec.eps)?,
+            conv2: Conv2d::load(b, &s.sub("conv2"), (cout, cout, 3), same, true)?,
+            conv_shortcut: if cin != cout {
+                Some(Conv2d::load(
+                    b,
+                    &s.sub("conv_shortcut"),
+                    (cin, cout, 1),
+                    Conv2dGeometry::symmetric(1, 0),
+                    true,
+                )?)
+            } else {
+                None
+            },
+            output_scale: (1.0 / spec.output_scale_factor) as f32,
+        })
+    }
+
+    /// `temb_act` is SiLU(time embedding), `[batch, temb_channels]`, shared by all
+    /// ResNets of a forward pass.
+    pub fn forward(&self, b: &dyn Backend, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let h = self.norm1.forward(b, x, true)?;
+        let mut h = self.conv1.forward(b, &h)?;
+        let t = self.time_emb_proj.forward(b, temb_act)?;
+        b.add_channel_bias_assign(&mut h, &t)?;
+        let h = self.norm2.forward(b, &h, true)?;
+        let mut h = self.conv2.forward(b, &h)?;
+        match &self.conv_shortcut {
+            Some(conv) => b.add_assign(&mut h, &conv.forward(b, x)?, self.output_scale)?,
+            None => b.add_assign(&mut h, x, self.output_scale)?,
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,393 @@
+//! The sampling loop — the only place that knows the model, the guidance and the
+//! scheduler together. Per step: one batched U-Net call on `[uncond ; cond]` (the
+//! unconditional rows only for samples whose CFG is active at that step), CFG per
+//! sample, then each sample's own scheduler step. Every setting is per sample, and a
+//! sample's result depends only on its own seed and settings.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::guidance::cfg::{self, Guidance};
+use crate::model::{UNet, UNetInputs};
+use crate::rng::{fill_normal, NoiseStream};
+use crate::schedule::{Scheduler, StepState};
+
+/// What a sample is conditioned on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// No condition: the null class of a class-conditional model, or nothing for an
+    /// unconditional one. CFG does not apply.
+    Unconditional,
+    /// A class label of a class-conditional model.
+    Class(usize),
+    /// Encoder hidden states `[tokens, dim]` (row-major) for a condition model, with
+    /// the unconditional ("negative") states of the same shape.
+    Embedding {
+        cond: Vec<f32>,
+        uncond: Vec<f32>,
+        tokens: usize,
+    },
+}
+
+/// One sample to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSpec {
+    pub seed: u64,
+    pub condition: Condition,
+    pub guidance: Guidance,
+}
+
+/// Where Gaussian noise comes from. The default is [`PhiloxNoise`]; tests feed the
+/// exact noise a reference implementation used.
+pub trait NoiseSource: Sync {
+    /// Fills `out` (one sample, NHWC) with the noise of `stream` for sample `index`
+    /// of the batch, whose seed is `seed`.
+    fn fill(&self, index: usize, seed: u64, stream: NoiseStream, out: &mut [f32]) -> Result<()>;
+}
+
+/// Counter-based Philox noise addressed by (seed, stream, element): see [`crate::rng`].
+pub struct PhiloxNoise;
+
+impl NoiseSource for PhiloxNoise {
+    fn fill(&self, _index: usize, seed: u64, stream: NoiseStream, out: &mut [f32]) -> Result<()> {
+        fill_normal(seed, stream, 0, out);
+        Ok(())
+    }
+}
+
+/// Reported after every step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepProgress {
+    /// Steps finished so far (1..=total).
+    pub step: usize,
+    pub total: usize,
+    pub elapsed: Duration,
+}
+
+/// The result for one sample: the final x_0 in the model's space, NHWC.
+#[derive(Debug, Clone)]
+pub struct SampleOutput {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub data: Vec<f32>,
+}
+
+pub struct Sampler<'a> {
+    backend: &'a dyn Backend,
+    unet: &'a UNet,
+    scheduler: &'a dyn Scheduler,
+    null_class: Option<usize>,
+    height: usize,
+    width: usize,
+}
+
+/// How one sample enters the model call of one step.
+struct Rows {
+    cond_label: Option<usize>,
+    uncond_label: Option<usize>,
+    uses_cfg: bool,
+}
+
+impl<'a> Sampler<'a> {
+    /// A sampler for `unet` with `scheduler`. Class-conditional models take their
+    /// LAST class index as the null (unconditional) class.
+    pub fn new(
+        backend: &'a dyn Backend,
+        unet: &'a UNet,
+        scheduler: &'a dyn Scheduler,
+    ) -> Result<Self> {
+        let (height, width) = unet.config().sample_size.ok_or_else(|| {
+            Error::invalid(
+                "size",
+                "the model config has no sample_size; set the image size explicitly",
+            )
+        })?;
+        Ok(Sampler {
+            backend,
+            unet,
+            scheduler,
+            null_class: unet.num_classes().map(|n| n - 1),
+            height,
+            width,
+        })
+    }
+
+    pub fn with_size(mut self, height: usize, width: usize) -> Result<Self> {
+        if height == 0 || width == 0 {
+            return Err(Error::invalid("size", format!("{height}×{width} is empty")));
+        }
+        self.height = height;
+        self.width = width;
+        Ok(self)
+    }
+
+    /// Overrides the null class used for unconditional predictions.
+    pub fn with_null_class(mut self, null_class: usize) -> Result<Self> {
+        match self.unet.num_classes() {
+            Some(n) if null_class < n => {
+                self.null_class = Some(null_class);
+                Ok(self)
+            }
+            Some(n) => Err(Error::invalid(
+                "null-class",
+                format!("{null_class} is out of range 0..{n}"),
+            )),
+            None => Err(Error::invalid(
+                "null-class",
+                "the model has no class embedding",
+            )),
+        }
+    }
+
+    /// Labels a user may ask for: every class except the null class.
+    pub fn conditional_classes(&self) -> Option<usize> {
+        self.null_class
+    }
+
+    fn rows_for(&self, spec: &SampleSpec, index: usize) -> Result<Rows> {
+        let classes = self.unet.num_classes();
+        let conditioned = self.unet.config().cross_attention_dim.is_some();
+        let rows = match (&spec.condition, classes) {
+            (Condition::Class(label), Some(n)) => {
+                if *label >= n || Some(*label) == self.null_class {
+                    let null = self
+                        .null_class
+                        .map_or("none".to_string(), |c| c.to_string());
+                    return Err(Error::invalid(
+                        "class",
+                        format!(
+                            "sample {index}: class {label} is not a conditional class of this model (labels 0..={}, of which {null} is the null class)",
+                            n - 1
+                        ),
+                    ));
+                }
+                Rows {
+                    cond_label: Some(*label),
+                    uncond_label: self.null_class,
+                    uses_cfg: true,
+                }
+            }
+            (Condition::Class(_), None) => {
+                return Err(Error::invalid(
+                    "class",
+                    "this model is not class-conditional (it has no class embedding)",
+                ))
+            }
+            (Condition::Unconditional, n) => Rows {
+                cond_label: n.and(self.null_class),
+                uncond_label: None,
+                uses_cfg: false,
+            },
+            (
+                Condition::Embedding {
+                    cond,
+                    uncond,
+                    tokens,
+                },
+                _,
+            ) => {
+                let dim = self.unet.config().cross_attention_dim.ok_or_else(|| {
+                    Error::invalid("condition", "this model takes no encoder hidden states")
+                })?;
+                if cond.len() != tokens * dim || uncond.len() != tokens * dim || *tokens == 0 {
+                    return Err(Error::invalid(
+                        "condition",
+                        format!("sample {index}: embeddings must be [{tokens}, {dim}] for cond and uncond"),
+                    ));
+                }
+                Rows {
+                    cond_label: None,
+                    uncond_label: None,
+                    uses_cfg: true,
+                }
+            }
+        };
+        if conditioned && !matches!(spec.condition, Condition::Embedding { .. }) {
+            return Err(Error::invalid(
+                "condition",
+                "this model cross-attends to encoder hidden states: give an Embedding condition",
+            ));
+        }
+        spec.guidance.validate()?;
+        Ok(rows)
+    }
+
+    /// Generates every sample of `specs` in one batch.
+    pub fn sample(
+        &self,
+        specs: &[SampleSpec],
+        noise: &dyn NoiseSource,
+        progress: &mut dyn FnMut(StepProgress),
+    ) -> Result<Vec<SampleOutput>> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Rows> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.rows_for(s, i))
+            .collect::<Result<_>>()?;
+        let tokens: Option<usize> = match specs.first().map(|s| &s.condition) {
+            Some(Condition::Embedding { tokens, .. }) => Some(*tokens),
+            _ => None,
+        };
+        if let Some(t) = tokens {
+            if specs.iter().any(
+                |s| !matches!(&s.condition, Condition::Embedding { tokens, .. } if *tokens == t),
+            ) {
+                return Err(Error::invalid(
+                    "condition",
+                    "all samples of one batch need embeddings with the same token count",
+                ));
+            }
+        }
+
+        let channels = self.unet.config().in_channels;
+        let per_sample = self.height * self.width * channels;
+        let sched = self.scheduler;
+        let steps = sched.num_steps();
+        let started = Instant::now();
+
+        let mut latents: Vec<Vec<f32>> = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let mut x = vec![0f32; per_sample];
+            noise.fill(i, spec.seed, NoiseStream::Initial, &mut x)?;
+            let sigma = sched.init_noise_sigma();
+            x.iter_mut().for_each(|v| *v *= sigma);
+            latents.push(x);
+        }
+        let mut states: Vec<StepState> = specs.iter().map(|_| sched.new_state()).collect();
+        let mut next = vec![0f32; per_sample];
+        let mut guided = vec![0f32; per_sample];
+        let mut step_noise = vec![0f32; per_sample];
+
+        for step in 0..steps {
+            let timestep = sched.timestep(step);
+            let scale = sched.input_scale(step);
+            // Batch layout: unconditional rows of CFG-active samples, then one
+            // conditional row per sample.
+            let cfg_samples: Vec<usize> = (0..specs.len())
+                .filter(|&i| rows[i].uses_cfg && specs[i].guidance.active_at(step))
+                .collect();
+            let order: Vec<(usize, bool)> = cfg_samples
+                .iter()
+                .map(|&i| (i, false))
+                .chain((0..specs.len()).map(|i| (i, true)))
+                .collect();
+            let batch = order.len();
+
+            let mut input = Vec::with_capacity(batch * per_sample);
+            for &(i, _) in &order {
+                input.extend(latents[i].iter().map(|v| v * scale));
+            }
+            let labels: Option<Vec<usize>> = self.unet.num_classes().map(|_| {
+                order
+                    .iter()
+                    .map(|&(i, cond)| {
+                        let r = &rows[i];
+                        if cond { r.cond_label } else { r.uncond_label }.unwrap_or(0)
+                    })
+                    .collect()
+            });
+            let encoder = match tokens {
+                Some(t) => {
+                    let mut states = Vec::new();
+                    for &(i, cond) in &order {
+                        if let Condition::Embedding {
+                            cond: c, uncond: u, ..
+                        } = &specs[i].condition
+                        {
+                            states.extend_from_slice(if cond { c } else { u });
+                        }
+                    }
+                    let dim = states.len() / (batch * t);
+                    Some(self.backend.tensor(&[batch, t, dim], states)?)
+                }
+                None => None,
+            };
+            let x = self
+                .backend
+                .tensor(&[batch, self.height, self.width, channels], input)?;
+            let timesteps = vec![timestep; batch];
+            let out = self.unet.forward(
+                self.backend,
+                &x,
+                &UNetInputs {
+                    timesteps: &timesteps,
+                    class_labels: labels.as_deref(),
+                    encoder_hidden_states: encoder.as_ref(),
+                },
+            )?;
+            let out = self.backend.to_host(&out)?;
+            let row = |r: usize| &out[r * per_sample..(r + 1) * per_sample];
+
+            for (i, spec) in specs.iter().enumerate() {
+                let cond = row(cfg_samples.len() + i);
+                let prediction: &[f32] = match cfg_samples.iter().position(|&c| c == i) {
+                    Some(u) => {
+                        cfg::combine(row(u), cond, spec.guidance.scale, &mut guided);
+                        cfg::rescale(&mut guided, cond, spec.guidance.rescale);
+                        &guided
+                    }
+                    None => cond,
+                };
+                check_finite(prediction, "model output", i, step, timestep)?;
+                let noise_arg = if sched.needs_noise(step) {
+                    noise.fill(
+                        i,
+                        spec.seed,
+                        NoiseStream::Step(step as u32),
+                        &mut step_noise,
+                    )?;
+                    Some(&step_noise[..])
+                } else {
+                    None
+                };
+                sched.step(
+                    step,
+                    &mut states[i],
+                    &latents[i],
+                    prediction,
+                    noise_arg,
+                    &mut next,
+                )?;
+                check_finite(&next, "scheduler output", i, step, timestep)?;
+                std::mem::swap(&mut latents[i], &mut next);
+            }
+            progress(StepProgress {
+                step: step + 1,
+                total: steps,
+                elapsed: started.elapsed(),
+            });
+        }
+
+        Ok(latents
+            .into_iter()
+            .map(|data| SampleOutput {
+                height: self.height,
+                width: self.width,
+                channels,
+                data,
+            })
+            .collect())
+    }
+}
+
+fn check_finite(
+    values: &[f32],
+    what: &str,
+    sample: usize,
+    step: usize,
+    timestep: f32,
+) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    Err(Error::NonFinite {
+        what: format!("the {what} of sample {sample}"),
+        step,
+        timestep: timestep as f64,
+    })
+}
