@@ -480,8 +480,9 @@ def main():
     for kind, tensors in per_kind.items():
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         save_file(tensors, OUT / f"{kind}.safetensors",
-                  metadata={"generator": "tools/make_scheduler_fixtures.py",
-                            "diffusers": diffusers.__version__, "torch": torch.__version__})
+                  # One key only: safetensors writes metadata in hash order.
+                  metadata={"generator": f"tools/make_scheduler_fixtures.py, diffusers {diffusers.__version__}, "
+                                         f"torch {torch.__version__}"})
     with open(OUT / "cases.json", "w") as f:
         json.dump({"diffusers": diffusers.__version__, "torch": torch.__version__,
                    "numpy": np.__version__, "cases": index}, f, indent=1, allow_nan=False)
