@@ -164,7 +164,9 @@ impl DpmSolverMultistep {
         // Repeated noise levels make diffusers divide by zero (h = 0 inside the
         // multistep history): "leading" or "linspace" spacing with as many steps as
         // training timesteps, or sigma_min >= sigma_max.
-        if let Some(i) = (0..n - 1).find(|&i| !(sigmas[i + 1] < sigmas[i])) {
+        let decreasing =
+            |i: usize| sigmas[i + 1].partial_cmp(&sigmas[i]) == Some(std::cmp::Ordering::Less);
+        if let Some(i) = (0..n - 1).find(|&i| !decreasing(i)) {
             return Err(Error::invalid(
                 "num_steps",
                 format!(
