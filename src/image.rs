@@ -130,9 +130,9 @@ mod tests {
         };
         let g = Image8::grid(&[a, b.clone(), b], 2, 1, 2).unwrap();
         assert_eq!((g.width, g.height), (2 * 2 + 3, 2 * 2 + 3));
-        assert_eq!(g.pixels[(1) * g.width + 1], 10);
-        assert_eq!(g.pixels[(1) * g.width + 4], 20);
-        assert_eq!(g.pixels[(4) * g.width + 1], 20);
-        assert_eq!(g.pixels[(4) * g.width + 4], 0);
+        assert_eq!(g.pixels[g.width + 1], 10);
+        assert_eq!(g.pixels[g.width + 4], 20);
+        assert_eq!(g.pixels[4 * g.width + 1], 20);
+        assert_eq!(g.pixels[4 * g.width + 4], 0);
     }
 }

@@ -1,0 +1,35 @@
+//! `diffsteer selftest --device cuda`.
+
+use crate::args::SelftestArgs;
+use crate::usage_error::CliError;
+
+#[cfg(feature = "cuda")]
+pub fn run(_args: &SelftestArgs) -> Result<(), CliError> {
+    use diffsteer::backend::cuda::{selftest, CudaDevice};
+    let device = CudaDevice::open(0)?;
+    let results = selftest::run(&device, |r| {
+        let verdict = match (r.rel_l2, r.tolerance) {
+            (Some(e), Some(t)) => format!(
+                "rel_l2 {e:.2e} (tol {t:.0e}) {}",
+                if r.passed() { "ok" } else { "FAIL" }
+            ),
+            _ => String::new(),
+        };
+        println!("{:<22} {verdict} {}", r.name, r.note);
+    })?;
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    if failed > 0 {
+        return Err(CliError::Runtime(diffsteer::Error::Cuda(format!(
+            "{failed} check(s) failed"
+        ))));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn run(_args: &SelftestArgs) -> Result<(), CliError> {
+    Err(crate::usage_error::usage(
+        "--device",
+        "this binary was built without CUDA; rebuild with `cargo build --release --features cuda`",
+    ))
+}
