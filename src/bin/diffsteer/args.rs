@@ -13,7 +13,7 @@ use diffsteer::schedule::SchedulerKind;
 )]
 pub struct Cli {
     /// CPU threads to use (default: one per core; also RAYON_NUM_THREADS).
-    #[arg(long, global = true, value_parser = parse_positive)]
+    #[arg(long, global = true, value_parser = parse_positive, allow_negative_numbers = true)]
     pub threads: Option<usize>,
 
     #[command(subcommand)]
@@ -185,7 +185,7 @@ pub struct GenerateArgs {
     pub karras: bool,
 
     /// DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.
-    #[arg(long, value_name = "ETA", default_value = "0", value_parser = parse_non_negative)]
+    #[arg(long, value_name = "ETA", default_value = "0", value_parser = parse_non_negative, allow_negative_numbers = true)]
     pub eta: f64,
 
     /// Classifier-free guidance scale (1 = no guidance).
@@ -193,7 +193,7 @@ pub struct GenerateArgs {
     pub cfg: f32,
 
     /// Guidance rescale φ in [0, 1] (std-ratio rescale toward the conditional prediction).
-    #[arg(long = "cfg-rescale", value_name = "PHI", default_value = "0", value_parser = parse_unit)]
+    #[arg(long = "cfg-rescale", value_name = "PHI", default_value = "0", value_parser = parse_unit, allow_negative_numbers = true)]
     pub cfg_rescale: f32,
 
     /// Apply CFG only on steps START..STOP (0-based, STOP exclusive), e.g. 0:30.
@@ -201,7 +201,7 @@ pub struct GenerateArgs {
     pub cfg_interval: Option<(usize, usize)>,
 
     /// Seed of the first image; image i uses seed + i.
-    #[arg(long, value_name = "N", default_value = "0", value_parser = parse_seed)]
+    #[arg(long, value_name = "N", default_value = "0", value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u64,
 
     /// Output folder for NNNNNN.png and metadata.jsonl.
@@ -213,7 +213,7 @@ pub struct GenerateArgs {
     pub grid: Option<PathBuf>,
 
     /// Magnification of the grid's tiles.
-    #[arg(long = "grid-scale", value_name = "N", default_value = "1", value_parser = parse_positive)]
+    #[arg(long = "grid-scale", value_name = "N", default_value = "1", value_parser = parse_positive, allow_negative_numbers = true)]
     pub grid_scale: usize,
 
     /// Replace results already in --out (otherwise a folder holding metadata.jsonl is refused).

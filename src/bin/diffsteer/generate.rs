@@ -103,11 +103,17 @@ fn check_grid_path(grid: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Maps library errors about an argument to the CLI flag of the same name.
+/// Maps the scheduler's errors about its arguments to the flags that set them.
 fn as_flag_error(e: Error) -> CliError {
     match e {
         Error::InvalidArgument { name, message } => {
-            usage(&format!("--{}", name.replace('_', "-")), message)
+            let flag = match name.as_str() {
+                "num_steps" => "--steps",
+                "eta" => "--eta",
+                "karras" => "--karras",
+                _ => return CliError::Runtime(Error::InvalidArgument { name, message }),
+            };
+            usage(flag, message)
         }
         other => CliError::Runtime(other),
     }
