@@ -26,6 +26,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Check a compute device against the CPU reference and time it.
     Selftest(SelftestArgs),
+    /// Time the CPU backend on a model: GEMM ceiling, U-Net forward, sampling.
+    Bench(BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -235,4 +237,27 @@ pub struct SelftestArgs {
     /// Device to check against the CPU reference.
     #[arg(long, value_enum, default_value = "cuda")]
     pub device: DeviceArg,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model folder to time (class-conditional or unconditional U-Nets).
+    #[arg(long, value_name = "DIR", default_value = "weights/digits")]
+    pub model: PathBuf,
+
+    /// Batch of the timed U-Net forward (sampling uses half of it, doubled by CFG).
+    #[arg(long, value_name = "N", default_value = "32", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub batch: usize,
+
+    /// Steps of the timed sampling run.
+    #[arg(long, value_name = "N", default_value = "20", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub steps: usize,
+
+    /// Scheduler of the timed sampling run (default: the model's).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scheduler: Option<SchedulerArg>,
+
+    /// Timed repetitions (the median is reported).
+    #[arg(long, value_name = "N", default_value = "10", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub iters: usize,
 }

@@ -26,7 +26,7 @@ const METADATA: &str = "metadata.jsonl";
 /// The default model resolves against the working directory first, then the source
 /// checkout the binary was built from, so `target/release/diffsteer generate` works
 /// from anywhere in a clone.
-fn resolve_model(arg: &Path) -> PathBuf {
+pub fn resolve_model(arg: &Path) -> PathBuf {
     if arg == Path::new(DEFAULT_MODEL) && !arg.exists() {
         let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
         if built_from.exists() {

@@ -1,6 +1,7 @@
 //! The `diffsteer` command line.
 
 mod args;
+mod bench;
 mod generate;
 mod selftest;
 mod usage_error;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(&args),
         Command::Selftest(args) => selftest::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
