@@ -7,7 +7,8 @@
 //! * `seed` (64 bit) is the Philox key;
 //! * `stream` (64 bit) names what the numbers are for (initial latents, the noise
 //!   of step `s`, ...), see [`NoiseStream`];
-//! * `index` is the element's position in the sample's flattened NCHW tensor.
+//! * `index` is the element's position in the sample's flattened tensor, in the
+//!   engine's channels-last order (row, column, channel).
 //!
 //! Normal number `index` comes from Philox block `index / 4` with counter
 //! `[block_lo, block_hi, stream_lo, stream_hi]`. The block's four 32-bit words

@@ -45,6 +45,14 @@ impl Default for Guidance {
 }
 
 impl Guidance {
+    /// Plain CFG at `scale` on every step, no rescale.
+    pub fn cfg(scale: f32) -> Self {
+        Guidance {
+            scale,
+            ..Guidance::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !self.scale.is_finite() {
             return Err(Error::invalid(

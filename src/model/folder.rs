@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::schedule::SchedulerConfig;
 
 use super::config::UNetConfig;
 use super::unet::UNet;
@@ -74,6 +75,14 @@ impl ModelFolder {
             weights,
             scheduler_config,
         })
+    }
+
+    /// The folder's scheduler config, or diffusers' defaults when it has none.
+    pub fn load_scheduler_config(&self) -> Result<SchedulerConfig> {
+        match &self.scheduler_config {
+            Some(path) => SchedulerConfig::load(path),
+            None => Ok(SchedulerConfig::empty()),
+        }
     }
 
     pub fn load_unet(&self, backend: &dyn Backend) -> Result<UNet> {

@@ -11,7 +11,7 @@ use diffsteer::guidance::Guidance;
 use diffsteer::model::{ModelFolder, UNetInputs};
 use diffsteer::rng::{normal_vec, NoiseStream};
 use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
-use diffsteer::schedule::{self, ScheduleOptions, SchedulerConfig};
+use diffsteer::schedule::{self, ScheduleOptions};
 
 use crate::args::{BenchArgs, SchedulerArg};
 use crate::generate::resolve_model;
@@ -96,10 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         flops / 1e9
     );
 
-    let scheduler_config = match &folder.scheduler_config {
-        Some(path) => SchedulerConfig::load(path)?,
-        None => SchedulerConfig::empty(),
-    };
+    let scheduler_config = folder.load_scheduler_config()?;
     let kind = args
         .scheduler
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))

@@ -14,7 +14,7 @@ use diffsteer::guidance::{Guidance, GuidanceInterval};
 use diffsteer::image::Image8;
 use diffsteer::model::ModelFolder;
 use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
-use diffsteer::schedule::{self, ScheduleOptions, SchedulerConfig};
+use diffsteer::schedule::{self, ScheduleOptions};
 use diffsteer::Error;
 
 use crate::args::{ClassArg, GenerateArgs, SchedulerArg};
@@ -125,10 +125,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
     if let Some(grid) = &args.grid {
         check_grid_path(grid)?;
     }
-    let scheduler_config = match &folder.scheduler_config {
-        Some(path) => SchedulerConfig::load(path)?,
-        None => SchedulerConfig::empty(),
-    };
+    let scheduler_config = folder.load_scheduler_config()?;
     let scheduler_arg = args
         .scheduler
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
