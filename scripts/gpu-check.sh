@@ -29,7 +29,39 @@ ls -la "$bin" && ldd "$bin"
 
 echo "== selftest"
 export DIFFSTEER_KERNEL_CACHE=/tmp/diffsteer-kernels
-"$bin" selftest --device cuda
+models=()
+for m in tests/fixtures/models/unet2d_class tests/fixtures/models/unet_cond tests/fixtures/models/unet_cond_linear weights/digits; do
+    [ -f "$m/config.json" ] && models+=(--model "$m")
+done
+"$bin" selftest --device cuda "${models[@]}"
 rc=$?
 echo "selftest exit code: $rc"
+
+if [ -f weights/digits/config.json ]; then
+    echo "== generate: the same 20 digits on the GPU and on the CPU"
+    for dev in cuda cpu; do
+        start=$(date +%s%N)
+        "$bin" generate --device "$dev" --count 20 --batch 20 --steps 50 --scheduler ddim --cfg 3 --seed 1 \
+            --out "/tmp/gen-$dev" --overwrite --quiet --grid "${OUT:-/tmp}/digits-$dev.png" --grid-scale 3 || rc=1
+        echo "$dev: $(( ($(date +%s%N) - start) / 1000000 )) ms for 20 images (DDIM 50, CFG 3, batch 20)"
+    done
+    python3 - <<'PY' || rc=1
+import numpy as np
+from PIL import Image
+worst, differing, total = 0, 0, 0
+for i in range(20):
+    a = np.asarray(Image.open(f"/tmp/gen-cuda/{i:06d}.png"), dtype=np.int32)
+    b = np.asarray(Image.open(f"/tmp/gen-cpu/{i:06d}.png"), dtype=np.int32)
+    worst = max(worst, int(np.abs(a - b).max()))
+    differing += int((a != b).sum())
+    total += a.size
+print(f"cuda vs cpu PNGs: {differing} of {total} pixels differ, largest difference {worst}/255")
+PY
+    echo "== generate: throughput on the GPU (512 digits, batch 256, DDIM 50)"
+    start=$(date +%s%N)
+    "$bin" generate --device cuda --count 512 --batch 256 --steps 50 --scheduler ddim --cfg 3 --seed 1 \
+        --out /tmp/gen-throughput --overwrite --quiet || rc=1
+    echo "512 images in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+fi
+echo "gpu-check exit code: $rc"
 exit $rc

@@ -1,9 +1,12 @@
 //! Every CUDA kernel compiles with NVRTC for sm_90 (no GPU needed, only libnvrtc),
+//! including the attention kernel at every head dimension it is specialised for,
 //! and ptxas reports no spills. CI installs NVRTC and sets DIFFSTEER_REQUIRE_NVRTC=1,
 //! so there a missing library fails the test instead of skipping it.
 #![cfg(feature = "cuda")]
 
-use diffsteer::backend::cuda::kernels::{compile_with_report, ALL};
+use diffsteer::backend::cuda::kernels::{
+    compile_with_report, head_dim_define, KernelSource, ALL, ATTENTION, ATTENTION_HEAD_DIMS,
+};
 
 #[test]
 fn every_kernel_compiles_for_sm90_without_spills() {
@@ -17,10 +20,18 @@ fn every_kernel_compiles_for_sm90_without_spills() {
         eprintln!("libnvrtc not found: kernel compilation not checked on this machine");
         return;
     }
-    for kernel in ALL {
-        let report = compile_with_report(kernel, "sm_90", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let mut builds: Vec<(&KernelSource, Vec<String>)> =
+        ALL.iter().map(|k| (k, Vec::new())).collect();
+    builds.extend(
+        ATTENTION_HEAD_DIMS
+            .iter()
+            .map(|&d| (&ATTENTION, head_dim_define(d))),
+    );
+    for (kernel, defines) in builds {
+        let report =
+            compile_with_report(kernel, "sm_90", &defines).unwrap_or_else(|e| panic!("{e}"));
         eprintln!(
-            "{}.cu: {} B PTX, {} B CUBIN",
+            "{}.cu {defines:?}: {} B PTX, {} B CUBIN",
             kernel.name, report.ptx_bytes, report.cubin_bytes
         );
         for line in report.resource_lines() {
@@ -40,7 +51,7 @@ fn every_kernel_compiles_for_sm90_without_spills() {
             .collect();
         assert!(
             spills.is_empty(),
-            "{}.cu spills registers:\n{}",
+            "{}.cu {defines:?} spills registers:\n{}",
             kernel.name,
             spills.join("\n")
         );

@@ -9,6 +9,13 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub enum Storage {
     Cpu(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda(cudarc::driver::CudaSlice<f32>),
+}
+
+#[cfg(feature = "cuda")]
+fn on_gpu() -> Error {
+    Error::Cuda("the tensor lives on the GPU; the CPU backend cannot read it (copy it with Backend::to_host)".into())
 }
 
 #[derive(Debug)]
@@ -97,12 +104,16 @@ impl Tensor {
     pub fn cpu_data(&self) -> Result<&[f32]> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(on_gpu()),
         }
     }
 
     pub fn cpu_data_mut(&mut self) -> Result<&mut [f32]> {
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(on_gpu()),
         }
     }
 
@@ -110,6 +121,47 @@ impl Tensor {
     pub fn into_cpu_vec(self) -> Result<Vec<f32>> {
         match self.storage {
             Storage::Cpu(v) => Ok(v),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(on_gpu()),
+        }
+    }
+
+    /// A tensor on a CUDA device; `data.len()` must equal the product of `shape`.
+    #[cfg(feature = "cuda")]
+    pub fn from_cuda(shape: &[usize], data: cudarc::driver::CudaSlice<f32>) -> Result<Tensor> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(Error::shape(
+                "Tensor::from_cuda",
+                format!(
+                    "shape {shape:?} needs {expected} elements, got {}",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Cuda(data),
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    pub fn cuda_data(&self) -> Result<&cudarc::driver::CudaSlice<f32>> {
+        match &self.storage {
+            Storage::Cuda(v) => Ok(v),
+            Storage::Cpu(_) => Err(Error::Cuda(
+                "the tensor lives on the CPU, not on the GPU".into(),
+            )),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub fn cuda_data_mut(&mut self) -> Result<&mut cudarc::driver::CudaSlice<f32>> {
+        match &mut self.storage {
+            Storage::Cuda(v) => Ok(v),
+            Storage::Cpu(_) => Err(Error::Cuda(
+                "the tensor lives on the CPU, not on the GPU".into(),
+            )),
         }
     }
 }

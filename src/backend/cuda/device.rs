@@ -11,6 +11,7 @@ use super::kernels::{cache_key, compile_options, disk_cache_dir, KernelSource};
 use crate::error::{Error, Result};
 
 pub struct CudaDevice {
+    ordinal: usize,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
@@ -74,12 +75,17 @@ impl CudaDevice {
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
         Ok(CudaDevice {
+            ordinal,
             context,
             stream,
             blas,
             arch: format!("sm_{major}{minor}"),
             modules: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     pub fn name(&self) -> Result<String> {

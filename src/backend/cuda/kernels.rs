@@ -19,8 +19,32 @@ pub const ELEMENTWISE: KernelSource = KernelSource {
     source: include_str!("../../../kernels/elementwise.cu"),
 };
 
+pub const CONV: KernelSource = KernelSource {
+    name: "conv",
+    source: include_str!("../../../kernels/conv.cu"),
+};
+
+pub const NORM: KernelSource = KernelSource {
+    name: "norm",
+    source: include_str!("../../../kernels/norm.cu"),
+};
+
+/// Specialised per head dimension with `-DHEAD_DIM=d`.
+pub const ATTENTION: KernelSource = KernelSource {
+    name: "attention",
+    source: include_str!("../../../kernels/attention.cu"),
+};
+
 /// Every kernel file, so CI and `selftest` can compile all of them.
-pub const ALL: &[KernelSource] = &[ELEMENTWISE];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION];
+
+/// The head dimensions the attention kernel is compiled for ahead of use in CI:
+/// the digits model (8), SD 1.x/2.x (40, 64, 80, 160) and the common 128.
+pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160];
+
+pub fn head_dim_define(head_dim: usize) -> Vec<String> {
+    vec![format!("HEAD_DIM={head_dim}")]
+}
 
 /// The NVRTC options used for every kernel of `arch` (e.g. `sm_90`), plus `defines`
 /// (`NAME=VALUE`) used to specialise head dims and tile sizes.

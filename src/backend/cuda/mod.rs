@@ -2,8 +2,10 @@
 //! [`kernels`]), and cuBLAS. The CUDA libraries are loaded dynamically, so a binary
 //! built with the `cuda` feature still runs (on the CPU) where there is no driver.
 
+pub mod backend;
 pub mod device;
 pub mod kernels;
 pub mod selftest;
 
+pub use backend::CudaBackend;
 pub use device::CudaDevice;

@@ -1,15 +1,22 @@
-//! `diffsteer selftest --device cuda`: every kernel and cuBLAS against the CPU on fresh
-//! random inputs, with timings and the bytes/FLOPs behind them.
+//! `diffsteer selftest --device cuda`: every CUDA op against the CPU backend on fresh
+//! random inputs (never zeros), whole U-Net forwards against the CPU, and timings
+//! with the bytes or FLOPs behind each (in the manner of ggml's test-backend-ops).
 
+use std::path::Path;
 use std::time::Instant;
 
 use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-use cudarc::driver::{CudaEvent, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaEvent;
 
-use super::device::{compile_ptx, library_presence, CudaDevice};
-use super::kernels::{compile_options, ALL, ELEMENTWISE};
+use super::backend::CudaBackend;
+use super::device::{compile_ptx, library_presence};
+use super::kernels::{compile_options, ALL};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
+use crate::model::{ModelFolder, UNetInputs};
 use crate::rng::{normal_vec, NoiseStream};
+use crate::tensor::Tensor;
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -27,9 +34,21 @@ impl CheckResult {
             _ => true,
         }
     }
+
+    fn info(name: impl Into<String>, note: impl Into<String>) -> Self {
+        CheckResult {
+            name: name.into(),
+            rel_l2: None,
+            tolerance: None,
+            note: note.into(),
+        }
+    }
 }
 
 fn rel_l2(out: &[f32], reference: &[f32]) -> f64 {
+    if out.len() != reference.len() {
+        return f64::NAN;
+    }
     let mut diff = 0f64;
     let mut norm = 0f64;
     for (&o, &r) in out.iter().zip(reference) {
@@ -43,30 +62,117 @@ fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) ->
     r.map_err(|e| Error::Cuda(format!("{what}: {e:?}")))
 }
 
-fn timing_event(device: &CudaDevice) -> Result<CudaEvent> {
+fn timing_event(gpu: &CudaBackend) -> Result<CudaEvent> {
     drv(
         "creating an event",
-        device
+        gpu.device()
             .stream()
             .context()
             .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)),
     )
 }
 
+/// Milliseconds per call of `f` on the GPU stream (after one warm-up call).
+fn gpu_ms(gpu: &CudaBackend, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let (start, end) = (timing_event(gpu)?, timing_event(gpu)?);
+    drv("recording", start.record(gpu.device().stream()))?;
+    for _ in 0..iters {
+        f()?;
+    }
+    drv("recording", end.record(gpu.device().stream()))?;
+    gpu.device().synchronize()?;
+    Ok(drv("reading the timer", start.elapsed_ms(&end))? as f64 / iters as f64)
+}
+
+fn cpu_ms(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let t = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
+}
+
+/// Random host inputs, uploaded to each backend.
+struct Inputs {
+    shapes: Vec<Vec<usize>>,
+    data: Vec<Vec<f32>>,
+}
+
+impl Inputs {
+    fn random(shapes: &[&[usize]], seed: u64) -> Self {
+        let shapes: Vec<Vec<usize>> = shapes.iter().map(|s| s.to_vec()).collect();
+        let data = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                normal_vec(
+                    seed + i as u64,
+                    NoiseStream::Custom(1 << 41),
+                    s.iter().product(),
+                )
+            })
+            .collect();
+        Inputs { shapes, data }
+    }
+
+    fn on(&self, b: &dyn Backend) -> Result<Vec<Tensor>> {
+        self.shapes
+            .iter()
+            .zip(&self.data)
+            .map(|(s, d)| b.tensor(s, d.clone()))
+            .collect()
+    }
+}
+
+type Op = dyn Fn(&dyn Backend, &mut Vec<Tensor>) -> Result<Tensor>;
+
+/// Runs `op` on both backends, compares, and times both.
+fn check_op(
+    cpu: &CpuBackend,
+    gpu: &CudaBackend,
+    name: &str,
+    inputs: &Inputs,
+    work: &str,
+    op: &Op,
+) -> Result<CheckResult> {
+    let mut on_cpu = inputs.on(cpu)?;
+    let mut on_gpu = inputs.on(gpu)?;
+    let reference = cpu.to_host(&op(cpu, &mut on_cpu)?)?;
+    let out = gpu.to_host(&op(gpu, &mut on_gpu)?)?;
+    let err = rel_l2(&out, &reference);
+    let g = gpu_ms(gpu, 10, || op(gpu, &mut on_gpu).map(|_| ()))?;
+    let c = cpu_ms(2, || op(cpu, &mut on_cpu).map(|_| ()))?;
+    Ok(CheckResult {
+        name: name.to_string(),
+        rel_l2: Some(err),
+        tolerance: Some(1e-5),
+        note: format!("gpu {g:.3} ms, cpu {c:.1} ms ({work})"),
+    })
+}
+
+fn gb(bytes: usize, ms: f64) -> f64 {
+    bytes as f64 / ms / 1e6
+}
+
 /// Runs every check, calling `report` after each one.
-pub fn run(device: &CudaDevice, mut report: impl FnMut(&CheckResult)) -> Result<Vec<CheckResult>> {
+pub fn run(
+    gpu: &CudaBackend,
+    models: &[&Path],
+    mut report: impl FnMut(&CheckResult),
+) -> Result<Vec<CheckResult>> {
     let mut results = Vec::new();
     let mut push = |r: CheckResult| {
         report(&r);
         results.push(r);
     };
+    let device = gpu.device();
     let libs = library_presence();
     let (free, total) = device.memory()?;
-    push(CheckResult {
-        name: "device".into(),
-        rel_l2: None,
-        tolerance: None,
-        note: format!(
+    push(CheckResult::info(
+        "device",
+        format!(
             "{} ({}), {:.1} GiB free of {:.1} GiB; libcuda {}, libnvrtc {}, libcublas {}",
             device.name()?,
             device.arch(),
@@ -76,98 +182,62 @@ pub fn run(device: &CudaDevice, mut report: impl FnMut(&CheckResult)) -> Result<
             libs.nvrtc,
             libs.cublas
         ),
-    });
-
+    ));
     for kernel in ALL {
         let started = Instant::now();
         let ptx = compile_ptx(kernel, &compile_options(device.arch(), &[]))?;
-        push(CheckResult {
-            name: format!("nvrtc {}.cu", kernel.name),
-            rel_l2: None,
-            tolerance: None,
-            note: format!(
+        push(CheckResult::info(
+            format!("nvrtc {}.cu", kernel.name),
+            format!(
                 "{} bytes of PTX in {:.0} ms",
                 ptx.len(),
                 started.elapsed().as_secs_f64() * 1e3
             ),
-        });
+        ));
     }
 
-    push(check_axpby(device)?);
-    push(check_sgemm(device)?);
+    push(bandwidth(gpu)?);
+    push(sgemm_ceiling(gpu)?);
+
+    let cpu = CpuBackend::new();
+    for r in op_checks(&cpu, gpu)? {
+        push(r);
+    }
+    for model in models {
+        push(unet_check(&cpu, gpu, model)?);
+    }
     Ok(results)
 }
 
-fn check_axpby(device: &CudaDevice) -> Result<CheckResult> {
-    let n: usize = 1 << 26;
-    let x = normal_vec(11, NoiseStream::Custom(1 << 40), n);
-    let y = normal_vec(12, NoiseStream::Custom(1 << 40), n);
-    let (a, b) = (0.7f32, -1.3f32);
-    let reference: Vec<f32> = x.iter().zip(&y).map(|(&x, &y)| a * x + b * y).collect();
-
-    let stream = device.stream();
-    let dx = drv("upload", stream.clone_htod(&x))?;
-    let dy = drv("upload", stream.clone_htod(&y))?;
-    let mut dout = drv("alloc", stream.alloc_zeros::<f32>(n))?;
-    let func = device.function(&ELEMENTWISE, &[], "axpby_f32")?;
-    let cfg = LaunchConfig {
-        grid_dim: (132 * 8, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let n64 = n as u64;
-    let launch = |out: &mut cudarc::driver::CudaSlice<f32>| -> Result<()> {
-        let mut builder = stream.launch_builder(&func);
-        builder.arg(out).arg(&dx).arg(&dy).arg(&a).arg(&b).arg(&n64);
-        // SAFETY: the argument list matches the kernel's signature and every buffer holds n floats.
-        drv("launching axpby_f32", unsafe { builder.launch(cfg) }).map(|_| ())
-    };
-    launch(&mut dout)?;
-    let out = drv("download", stream.clone_dtoh(&dout))?;
-    let err = rel_l2(&out, &reference);
-
-    let iters = 20;
-    let start = timing_event(device)?;
-    let end = timing_event(device)?;
-    drv("record", start.record(stream))?;
-    for _ in 0..iters {
-        launch(&mut dout)?;
-    }
-    drv("record", end.record(stream))?;
-    device.synchronize()?;
-    let ms = drv("elapsed", start.elapsed_ms(&end))? as f64 / iters as f64;
-    let bytes = 12.0 * n as f64;
-    Ok(CheckResult {
-        name: "kernel axpby_f32".into(),
-        rel_l2: Some(err),
-        tolerance: Some(1e-6),
-        note: format!(
-            "{n} elements: {ms:.3} ms, {:.0} GB/s (12 B/element)",
-            bytes / ms / 1e6
+/// A device-to-device copy: the memory-bandwidth ceiling for the elementwise kernels.
+fn bandwidth(gpu: &CudaBackend) -> Result<CheckResult> {
+    let n = 1usize << 28;
+    let stream = gpu.device().stream();
+    let src = drv("alloc", stream.alloc_zeros::<f32>(n))?;
+    let mut dst = drv("alloc", stream.alloc_zeros::<f32>(n))?;
+    let ms = gpu_ms(gpu, 10, || drv("copy", stream.memcpy_dtod(&src, &mut dst)))?;
+    Ok(CheckResult::info(
+        "copy 1 GiB d2d",
+        format!(
+            "{ms:.3} ms = {:.0} GB/s read+write (bandwidth ceiling)",
+            gb(2 * 4 * n, ms)
         ),
-    })
+    ))
 }
 
-fn check_sgemm(device: &CudaDevice) -> Result<CheckResult> {
-    // Correctness at a size the CPU checks quickly, speed at one that fills the GPU.
-    let check = 384usize;
-    let a = normal_vec(21, NoiseStream::Custom(1 << 40), check * check);
-    let b = normal_vec(22, NoiseStream::Custom(1 << 40), check * check);
-    let mut reference = vec![0f32; check * check];
-    for i in 0..check {
-        for k in 0..check {
-            let aik = a[i * check + k] as f64;
-            for j in 0..check {
-                reference[i * check + j] += (aik * b[k * check + j] as f64) as f32;
-            }
-        }
-    }
-    let stream = device.stream();
-    let da = drv("upload", stream.clone_htod(&a))?;
-    let db = drv("upload", stream.clone_htod(&b))?;
-    let mut dc = drv("alloc", stream.alloc_zeros::<f32>(check * check))?;
-    // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: pass B first.
-    let cfg = |n: usize| GemmConfig {
+fn sgemm_ceiling(gpu: &CudaBackend) -> Result<CheckResult> {
+    let n = 8192usize;
+    let stream = gpu.device().stream();
+    let a = drv(
+        "upload",
+        stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 41), n * n)),
+    )?;
+    let b = drv(
+        "upload",
+        stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 41), n * n)),
+    )?;
+    let mut c = drv("alloc", stream.alloc_zeros::<f32>(n * n))?;
+    let cfg = GemmConfig {
         transa: cublasOperation_t::CUBLAS_OP_N,
         transb: cublasOperation_t::CUBLAS_OP_N,
         m: n as i32,
@@ -179,47 +249,210 @@ fn check_sgemm(device: &CudaDevice) -> Result<CheckResult> {
         beta: 0.0f32,
         ldc: n as i32,
     };
-    // SAFETY: all three buffers hold check² floats, matching the config.
-    unsafe { device.blas().gemm(cfg(check), &db, &da, &mut dc) }
-        .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))?;
-    let out = drv("download", stream.clone_dtoh(&dc))?;
-    let err = rel_l2(&out, &reference);
-
-    let big = 8192usize;
-    let ba = drv(
-        "upload",
-        stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 40), big * big)),
-    )?;
-    let bb = drv(
-        "upload",
-        stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 40), big * big)),
-    )?;
-    let mut bc = drv("alloc", stream.alloc_zeros::<f32>(big * big))?;
-    let iters = 5;
-    for _ in 0..2 {
-        // SAFETY: as above, with big² floats.
-        unsafe { device.blas().gemm(cfg(big), &bb, &ba, &mut bc) }
-            .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))?;
-    }
-    let start = timing_event(device)?;
-    let end = timing_event(device)?;
-    drv("record", start.record(stream))?;
-    for _ in 0..iters {
-        // SAFETY: as above.
-        unsafe { device.blas().gemm(cfg(big), &bb, &ba, &mut bc) }
-            .map_err(|e| Error::Cuda(format!("cuBLAS sgemm: {e:?}")))?;
-    }
-    drv("record", end.record(stream))?;
-    device.synchronize()?;
-    let ms = drv("elapsed", start.elapsed_ms(&end))? as f64 / iters as f64;
-    let flops = 2.0 * (big as f64).powi(3);
-    Ok(CheckResult {
-        name: "cuBLAS sgemm".into(),
-        rel_l2: Some(err),
-        tolerance: Some(1e-5),
-        note: format!(
-            "checked at {check}³; {big}³ in {ms:.2} ms = {:.1} TFLOP/s f32",
-            flops / ms / 1e9
+    let ms = gpu_ms(gpu, 5, || {
+        // SAFETY: all three buffers hold n² floats, matching the configuration.
+        unsafe { gpu.device().blas().gemm(cfg, &b, &a, &mut c) }
+            .map_err(|e| Error::Cuda(format!("cuBLAS: {e:?}")))
+    })?;
+    Ok(CheckResult::info(
+        "cuBLAS sgemm 8192³",
+        format!(
+            "{ms:.2} ms = {:.1} TFLOP/s f32 (GEMM ceiling)",
+            2.0 * (n as f64).powi(3) / ms / 1e9
         ),
+    ))
+}
+
+fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
+    let mut out = Vec::new();
+    let conv = |name: &str, x: &[usize], w: &[usize], g: Conv2dGeometry| -> Result<CheckResult> {
+        let inputs = Inputs::random(&[x, w, &[w[3]]], 100);
+        let (oh, ow) = g.output_size(x[1], x[2], w[0], w[1]).unwrap_or((0, 0));
+        let flops = 2 * x[0] * oh * ow * w[0] * w[1] * w[2] * w[3];
+        check_op(
+            cpu,
+            gpu,
+            name,
+            &inputs,
+            &format!("{:.2} GFLOP", flops as f64 / 1e9),
+            &move |b, t| b.conv2d(&t[0], &t[1], Some(&t[2]), &g),
+        )
+    };
+    out.push(conv(
+        "conv 3x3 s1 28²·32→64",
+        &[16, 28, 28, 32],
+        &[3, 3, 32, 64],
+        Conv2dGeometry::symmetric(1, 1),
+    )?);
+    out.push(conv(
+        "conv 3x3 s2 64²·320",
+        &[2, 64, 64, 320],
+        &[3, 3, 320, 320],
+        Conv2dGeometry::symmetric(2, 1),
+    )?);
+    out.push(conv(
+        "conv 3x3 s2 pad(0,1,0,1)",
+        &[2, 15, 17, 8],
+        &[3, 3, 8, 16],
+        Conv2dGeometry {
+            stride: 2,
+            pad_top: 0,
+            pad_bottom: 1,
+            pad_left: 0,
+            pad_right: 1,
+        },
+    )?);
+    out.push(conv(
+        "conv 1x1 32²·640→320",
+        &[2, 32, 32, 640],
+        &[1, 1, 640, 320],
+        Conv2dGeometry::symmetric(1, 0),
+    )?);
+
+    let linear = Inputs::random(&[&[2, 4096, 320], &[320, 2560], &[2560]], 200);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "linear 8192×320→2560",
+        &linear,
+        "13.4 GFLOP",
+        &|b, t| b.linear(&t[0], &t[1], Some(&t[2])),
+    )?);
+
+    let gn = Inputs::random(&[&[2, 64, 64, 320], &[320], &[320]], 300);
+    let bytes = 2 * 4 * 2 * 64 * 64 * 320;
+    out.push(check_op(
+        cpu,
+        gpu,
+        "group_norm 32g + silu",
+        &gn,
+        &format!("{:.1} MB moved", bytes as f64 / 1e6),
+        &|b, t| b.group_norm(&t[0], 32, &t[1], &t[2], 1e-5, true),
+    )?);
+    let ln = Inputs::random(&[&[2, 4096, 320], &[320], &[320]], 400);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "layer_norm 320",
+        &ln,
+        &format!("{:.1} MB moved", bytes as f64 / 1e6),
+        &|b, t| b.layer_norm(&t[0], &t[1], &t[2], 1e-5),
+    )?);
+
+    for (heads, d, lq, lk) in [
+        (8usize, 8usize, 196usize, 196usize),
+        (8, 40, 1024, 1024),
+        (8, 40, 1024, 77),
+        (8, 80, 256, 256),
+        (8, 160, 64, 77),
+        (4, 64, 300, 300),
+    ] {
+        let w = heads * d;
+        let inputs = Inputs::random(&[&[2, lq, w], &[2, lk, w], &[2, lk, w]], 500 + d as u64);
+        let flops = 4 * 2 * heads * lq * lk * d;
+        out.push(check_op(
+            cpu,
+            gpu,
+            &format!("attention d{d} {lq}×{lk}"),
+            &inputs,
+            &format!("{:.2} GFLOP", flops as f64 / 1e9),
+            &move |b, t| b.attention(&t[0], &t[1], &t[2], heads),
+        )?);
+    }
+
+    let gg = Inputs::random(&[&[2, 4096, 2560]], 600);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "geglu 2560→1280",
+        &gg,
+        "",
+        &|b, t| b.geglu(&t[0]),
+    )?);
+    let ew = Inputs::random(&[&[2, 64, 64, 320], &[2, 64, 64, 320], &[2, 320]], 700);
+    out.push(check_op(cpu, gpu, "silu", &ew, "", &|b, t| {
+        b.silu_assign(&mut t[0])?;
+        b.to_host(&t[0]).and_then(|v| b.tensor(t[0].shape(), v))
+    })?);
+    out.push(check_op(cpu, gpu, "add ×0.7", &ew, "", &|b, t| {
+        let (x, rest) = t.split_at_mut(1);
+        b.add_assign(&mut x[0], &rest[0], 0.7)?;
+        b.to_host(&x[0]).and_then(|v| b.tensor(x[0].shape(), v))
+    })?);
+    out.push(check_op(cpu, gpu, "channel bias", &ew, "", &|b, t| {
+        let bias = b.tensor(&[2, 320], b.to_host(&t[2])?)?;
+        b.add_channel_bias_assign(&mut t[0], &bias)?;
+        b.to_host(&t[0]).and_then(|v| b.tensor(t[0].shape(), v))
+    })?);
+    let up = Inputs::random(&[&[2, 13, 17, 64]], 800);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "upsample 13×17→26×34",
+        &up,
+        "",
+        &|b, t| b.upsample_nearest(&t[0], 26, 34),
+    )?);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "upsample 13×17→27×35",
+        &up,
+        "",
+        &|b, t| b.upsample_nearest(&t[0], 27, 35),
+    )?);
+    let cat = Inputs::random(&[&[2, 32, 32, 320], &[2, 32, 32, 640]], 900);
+    out.push(check_op(cpu, gpu, "concat 320+640", &cat, "", &|b, t| {
+        b.concat_channels(&t[0], &t[1])
+    })?);
+    Ok(out)
+}
+
+/// A whole U-Net forward on both backends at batch 4 with random inputs.
+fn unet_check(cpu: &CpuBackend, gpu: &CudaBackend, dir: &Path) -> Result<CheckResult> {
+    let folder = ModelFolder::locate(dir)?;
+    let on_cpu = folder.load_unet(cpu)?;
+    let on_gpu = folder.load_unet(gpu)?;
+    let config = on_cpu.config();
+    let (h, w) = config.sample_size.unwrap_or((32, 32));
+    let batch = 4;
+    let shape = [batch, h, w, config.in_channels];
+    let x = normal_vec(1000, NoiseStream::Custom(1 << 41), shape.iter().product());
+    let timesteps: Vec<f32> = vec![999.0, 640.5, 250.0, 3.0];
+    let labels: Option<Vec<usize>> = on_cpu
+        .num_classes()
+        .map(|c| (0..batch).map(|i| (3 * i) % c).collect());
+    let states = config.cross_attention_dim.map(|d| {
+        (
+            vec![batch, 7, d],
+            normal_vec(1001, NoiseStream::Custom(1 << 41), batch * 7 * d),
+        )
+    });
+    let run = |b: &dyn Backend, unet: &crate::model::UNet| -> Result<(Vec<f32>, f64)> {
+        let xt = b.tensor(&shape, x.clone())?;
+        let enc = states
+            .as_ref()
+            .map(|(s, v)| b.tensor(s, v.clone()))
+            .transpose()?;
+        let inputs = UNetInputs {
+            timesteps: &timesteps,
+            class_labels: labels.as_deref(),
+            encoder_hidden_states: enc.as_ref(),
+        };
+        let out = b.to_host(&unet.forward(b, &xt, &inputs)?)?;
+        let t = Instant::now();
+        let iters = 5;
+        for _ in 0..iters {
+            b.to_host(&unet.forward(b, &xt, &inputs)?)?;
+        }
+        Ok((out, t.elapsed().as_secs_f64() * 1e3 / iters as f64))
+    };
+    let (reference, cpu_ms) = run(cpu, &on_cpu)?;
+    let (out, gpu_ms) = run(gpu, &on_gpu)?;
+    Ok(CheckResult {
+        name: format!("unet {}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")),
+        rel_l2: Some(rel_l2(&out, &reference)),
+        tolerance: Some(1e-5),
+        note: format!("batch {batch} {h}×{w}: gpu {gpu_ms:.2} ms, cpu {cpu_ms:.1} ms per forward (incl. copy back)"),
     })
 }

@@ -225,10 +225,17 @@ pub struct GenerateArgs {
     /// No progress bar or summary.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU backend (all cores).
+    Cpu,
+    /// GPU 0 through the CUDA backend (binaries built with `--features cuda`).
     Cuda,
 }
 
@@ -237,6 +244,10 @@ pub struct SelftestArgs {
     /// Device to check against the CPU reference.
     #[arg(long, value_enum, default_value = "cuda")]
     pub device: DeviceArg,
+
+    /// Model folders whose whole U-Net forward is also compared (repeatable).
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

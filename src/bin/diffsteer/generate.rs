@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use diffsteer::backend::cpu::CpuBackend;
+use diffsteer::backend::Backend;
 use diffsteer::fsutil::write_atomic;
 use diffsteer::guidance::{Guidance, GuidanceInterval};
 use diffsteer::image::Image8;
@@ -17,7 +18,7 @@ use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions};
 use diffsteer::Error;
 
-use crate::args::{ClassArg, GenerateArgs, SchedulerArg};
+use crate::args::{ClassArg, DeviceArg, GenerateArgs, SchedulerArg};
 use crate::usage_error::{usage, CliError};
 
 const DEFAULT_MODEL: &str = "weights/digits";
@@ -119,6 +120,20 @@ fn as_flag_error(e: Error) -> CliError {
     }
 }
 
+/// The backend `--device` names.
+pub fn make_backend(device: DeviceArg) -> Result<Box<dyn Backend>, CliError> {
+    match device {
+        DeviceArg::Cpu => Ok(Box::new(CpuBackend::new())),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda => Ok(Box::new(diffsteer::backend::cuda::CudaBackend::new(0)?)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda => Err(usage(
+            "--device",
+            "this binary was built without CUDA (accepted: cpu); rebuild with `cargo build --release --features cuda`",
+        )),
+    }
+}
+
 pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
     let model_dir = resolve_model(&args.model);
     let folder = ModelFolder::locate(&model_dir).map_err(|e| usage("--model", e))?;
@@ -142,9 +157,9 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
     )
     .map_err(as_flag_error)?;
 
-    let backend = CpuBackend::new();
-    let unet = folder.load_unet(&backend)?;
-    let sampler = Sampler::new(&backend, &unet, scheduler.as_ref())?;
+    let backend = make_backend(args.device)?;
+    let unet = folder.load_unet(backend.as_ref())?;
+    let sampler = Sampler::new(backend.as_ref(), &unet, scheduler.as_ref())?;
 
     let classes = sampler.conditional_classes();
     if unet.config().cross_attention_dim.is_some() {

@@ -4,20 +4,28 @@ use crate::args::SelftestArgs;
 use crate::usage_error::CliError;
 
 #[cfg(feature = "cuda")]
-pub fn run(_args: &SelftestArgs) -> Result<(), CliError> {
-    use diffsteer::backend::cuda::{selftest, CudaDevice};
-    let device = CudaDevice::open(0)?;
-    let results = selftest::run(&device, |r| {
+pub fn run(args: &SelftestArgs) -> Result<(), CliError> {
+    use diffsteer::backend::cuda::{selftest, CudaBackend};
+    if args.device != crate::args::DeviceArg::Cuda {
+        return Err(crate::usage_error::usage(
+            "--device",
+            "selftest checks a GPU against the CPU reference (accepted: cuda)",
+        ));
+    }
+    let gpu = CudaBackend::new(0)?;
+    let models: Vec<&std::path::Path> = args.models.iter().map(|p| p.as_path()).collect();
+    let results = selftest::run(&gpu, &models, |r| {
         let verdict = match (r.rel_l2, r.tolerance) {
             (Some(e), Some(t)) => format!(
                 "rel_l2 {e:.2e} (tol {t:.0e}) {}",
-                if r.passed() { "ok" } else { "FAIL" }
+                if r.passed() { "ok  " } else { "FAIL" }
             ),
             _ => String::new(),
         };
-        println!("{:<22} {verdict} {}", r.name, r.note);
+        println!("{:<28} {verdict:<32} {}", r.name, r.note);
     })?;
     let failed = results.iter().filter(|r| !r.passed()).count();
+    println!("{} checks, {failed} failed", results.len());
     if failed > 0 {
         return Err(CliError::Runtime(diffsteer::Error::Cuda(format!(
             "{failed} check(s) failed"

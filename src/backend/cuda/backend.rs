@@ -1,0 +1,581 @@
+//! The CUDA implementation of [`Backend`]: hand-written NVRTC kernels for norms,
+//! attention and the elementwise ops, cuBLAS for the matrix products (convolutions
+//! are im2col + cuBLAS). Every launch's result is checked; asynchronous faults
+//! surface as an `Err` at the next synchronising call (`to_host`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::device::CudaDevice;
+use super::kernels::{head_dim_define, KernelSource, ATTENTION, CONV, ELEMENTWISE, NORM};
+use crate::backend::{Backend, Conv2dGeometry};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const BLOCK: u32 = 256;
+/// Enough blocks to fill an H100/H200-class GPU several times over; grid-stride
+/// loops cover the rest.
+const MAX_BLOCKS: u64 = 132 * 16;
+/// im2col buffers are cut into pieces of at most this many floats (256 MiB).
+const IM2COL_CHUNK_FLOATS: usize = 1 << 26;
+
+pub struct CudaBackend {
+    device: CudaDevice,
+    functions: Mutex<HashMap<(String, Vec<String>), CudaFunction>>,
+}
+
+fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
+    r.map_err(|e| Error::Cuda(format!("{what}: {e:?}")))
+}
+
+fn grid_for(n: u64) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(BLOCK as u64).clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(
+            op,
+            format!("{:?} vs {:?}", a.shape(), b.shape()),
+        ));
+    }
+    Ok(())
+}
+
+fn vector_of_len<'a>(
+    op: &str,
+    what: &str,
+    t: &'a Tensor,
+    len: usize,
+) -> Result<&'a CudaSlice<f32>> {
+    if t.shape() != [len] {
+        return Err(Error::shape(
+            op,
+            format!("{what} must have shape [{len}], got {:?}", t.shape()),
+        ));
+    }
+    t.cuda_data()
+}
+
+impl CudaBackend {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend {
+            device: CudaDevice::open(ordinal)?,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    fn function(
+        &self,
+        kernel: &KernelSource,
+        defines: Vec<String>,
+        name: &str,
+    ) -> Result<CudaFunction> {
+        let key = (name.to_string(), defines);
+        let mut cache = self
+            .functions
+            .lock()
+            .map_err(|_| Error::Cuda("kernel function cache lock poisoned".into()))?;
+        if let Some(f) = cache.get(&key) {
+            return Ok(f.clone());
+        }
+        let f = self.device.function(kernel, &key.1, name)?;
+        cache.insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// A buffer every element of which the caller's kernel writes.
+    fn output(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: callers only use this for buffers their next kernel fully overwrites.
+        drv("allocating device memory", unsafe {
+            self.device.stream().alloc::<f32>(len.max(1))
+        })
+    }
+
+    /// Row-major `c[m, n] = a[m, k] · b[k, n] + beta · c` through cuBLAS (which is
+    /// column-major: it computes cᵀ = bᵀ · aᵀ).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &CudaSlice<f32>,
+        a_offset: usize,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+        c_offset: usize,
+        beta: f32,
+    ) -> Result<()> {
+        let too_big = |v: usize| v > i32::MAX as usize;
+        if too_big(m) || too_big(n) || too_big(k) {
+            return Err(Error::Cuda(format!(
+                "GEMM {m}×{k}×{n} exceeds cuBLAS' 32-bit sizes"
+            )));
+        }
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: n as i32,
+            ldb: k as i32,
+            beta,
+            ldc: n as i32,
+        };
+        let a_view = a.slice(a_offset..a_offset + m * k);
+        let mut c_view = c.slice_mut(c_offset..c_offset + m * n);
+        // SAFETY: the views hold exactly m·k, k·n (checked by the callers' shapes)
+        // and m·n floats, matching the configuration.
+        unsafe { self.device.blas().gemm(cfg, b, &a_view, &mut c_view) }
+            .map_err(|e| Error::Cuda(format!("cuBLAS sgemm {m}×{k}×{n}: {e:?}")))
+    }
+
+    /// Every `cols`-wide row of `out` ← `row` (the bias a GEMM then accumulates onto).
+    fn fill_rows(
+        &self,
+        out: &mut CudaSlice<f32>,
+        row: &CudaSlice<f32>,
+        cols: usize,
+        total: u64,
+    ) -> Result<()> {
+        let f = self.function(&ELEMENTWISE, Vec::new(), "fill_rows_f32")?;
+        let cols = cols as u32;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(out).arg(row).arg(&cols).arg(&total);
+        // SAFETY: out holds `total` floats, row holds `cols`.
+        drv("launching fill_rows_f32", unsafe {
+            l.launch(grid_for(total))
+        })
+        .map(|_| ())
+    }
+
+    /// `out[rows, n] = x[rows, k] · w[k, n] + bias`.
+    fn matmul_bias(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        k: usize,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<CudaSlice<f32>> {
+        let n = w.shape()[1];
+        let mut out = self.output(rows * n)?;
+        let beta = match bias {
+            Some(b) => {
+                let row = vector_of_len("bias", "bias", b, n)?;
+                let total = (rows * n) as u64;
+                self.fill_rows(&mut out, row, n, total)?;
+                1.0
+            }
+            None => 0.0,
+        };
+        self.gemm(rows, n, k, x, 0, w.cuda_data()?, &mut out, 0, beta)?;
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.device.ordinal())
+    }
+
+    fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "shape {shape:?} needs {expected} elements, got {}",
+                    data.len()
+                ),
+            ));
+        }
+        let slice = drv("copying to the GPU", self.device.stream().clone_htod(&data))?;
+        Tensor::from_cuda(shape, slice)
+    }
+
+    fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
+        drv(
+            "copying from the GPU",
+            self.device.stream().clone_dtoh(x.cuda_data()?),
+        )
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        let (n, h, w, cin) = x.dims4("conv2d")?;
+        let (kh, kw, wcin, cout) = match weight.shape()[..] {
+            [kh, kw, ci, co] => (kh, kw, ci, co),
+            _ => {
+                return Err(Error::shape(
+                    "conv2d",
+                    format!(
+                        "weight must be [kh, kw, c_in, c_out], got {:?}",
+                        weight.shape()
+                    ),
+                ))
+            }
+        };
+        if wcin != cin {
+            return Err(Error::shape(
+                "conv2d",
+                format!("input has {cin} channels, weight expects {wcin}"),
+            ));
+        }
+        let (oh, ow) = g.output_size(h, w, kh, kw).ok_or_else(|| {
+            Error::shape(
+                "conv2d",
+                format!("{kh}×{kw} kernel does not fit a {h}×{w} input with {g:?}"),
+            )
+        })?;
+        let rows = n * oh * ow;
+        let k = kh * kw * cin;
+        let pointwise = kh == 1
+            && kw == 1
+            && g.stride == 1
+            && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
+        if pointwise {
+            let out = self.matmul_bias(x.cuda_data()?, rows, k, weight, bias)?;
+            return Tensor::from_cuda(&[n, oh, ow, cout], out);
+        }
+        // Patches in pieces, so a large input never needs more than one bounded buffer.
+        let rows_per_chunk = (IM2COL_CHUNK_FLOATS / k).clamp(1, rows);
+        let mut patches = self.output(rows_per_chunk * k)?;
+        let mut out = self.output(rows * cout)?;
+        if let Some(b) = bias {
+            let row = vector_of_len("conv2d", "bias", b, cout)?;
+            self.fill_rows(&mut out, row, cout, (rows * cout) as u64)?;
+        }
+        let im2col = self.function(&CONV, Vec::new(), "im2col_f32")?;
+        let dims = [h, w, cin, kh, kw, g.stride, g.pad_top, g.pad_left, oh, ow].map(|v| v as u32);
+        let mut first = 0usize;
+        while first < rows {
+            let count = rows_per_chunk.min(rows - first);
+            let total = (count * k) as u64;
+            let first_pixel = first as u64;
+            {
+                let mut l = self.device.stream().launch_builder(&im2col);
+                l.arg(&mut patches).arg(x.cuda_data()?);
+                for d in &dims {
+                    l.arg(d);
+                }
+                l.arg(&first_pixel).arg(&total);
+                // SAFETY: patches holds ≥ count·k floats; x holds n·h·w·cin; indices are bounded by the dims.
+                drv("launching im2col_f32", unsafe { l.launch(grid_for(total)) })?;
+            }
+            self.gemm(
+                count,
+                cout,
+                k,
+                &patches,
+                0,
+                weight.cuda_data()?,
+                &mut out,
+                first * cout,
+                if bias.is_some() { 1.0 } else { 0.0 },
+            )?;
+            first += count;
+        }
+        Tensor::from_cuda(&[n, oh, ow, cout], out)
+    }
+
+    fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (rows, k) = x.rows_cols("linear")?;
+        match weight.shape()[..] {
+            [wk, _] if wk == k => {}
+            _ => {
+                return Err(Error::shape(
+                    "linear",
+                    format!("input has {k} features, weight is {:?}", weight.shape()),
+                ))
+            }
+        }
+        let out = self.matmul_bias(x.cuda_data()?, rows, k, weight, bias)?;
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = weight.shape()[1];
+        }
+        Tensor::from_cuda(&shape, out)
+    }
+
+    fn group_norm(
+        &self,
+        x: &Tensor,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let (n, h, w, c) = x.dims4("group_norm")?;
+        if groups == 0 || c % groups != 0 {
+            return Err(Error::shape(
+                "group_norm",
+                format!("{c} channels cannot be split into {groups} groups"),
+            ));
+        }
+        let gamma = vector_of_len("group_norm", "gamma", gamma, c)?;
+        let beta = vector_of_len("group_norm", "beta", beta, c)?;
+        let stream = self.device.stream();
+        let mut affine = self.output(n * 2 * c)?;
+        let stats = self.function(&NORM, Vec::new(), "group_norm_affine_f32")?;
+        let (pixels, c32, g32) = ((h * w) as u32, c as u32, groups as u32);
+        let mut l = stream.launch_builder(&stats);
+        l.arg(&mut affine)
+            .arg(x.cuda_data()?)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&pixels)
+            .arg(&c32)
+            .arg(&g32)
+            .arg(&eps);
+        let cfg = LaunchConfig {
+            grid_dim: ((n * groups) as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block per (sample, group); affine holds n·2c floats.
+        drv("launching group_norm_affine_f32", unsafe { l.launch(cfg) })?;
+        let total = x.len() as u64;
+        let mut out = self.output(x.len())?;
+        let apply = self.function(&NORM, Vec::new(), "apply_affine_f32")?;
+        let per_sample = (h * w * c) as u64;
+        let silu = i32::from(silu);
+        let mut l = stream.launch_builder(&apply);
+        l.arg(&mut out)
+            .arg(x.cuda_data()?)
+            .arg(&affine)
+            .arg(&per_sample)
+            .arg(&c32)
+            .arg(&silu)
+            .arg(&total);
+        // SAFETY: out and x hold `total` floats, affine n·2c.
+        drv("launching apply_affine_f32", unsafe {
+            l.launch(grid_for(total))
+        })?;
+        Tensor::from_cuda(x.shape(), out)
+    }
+
+    fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let (rows, c) = x.rows_cols("layer_norm")?;
+        let gamma = vector_of_len("layer_norm", "gamma", gamma, c)?;
+        let beta = vector_of_len("layer_norm", "beta", beta, c)?;
+        let mut out = self.output(x.len())?;
+        let f = self.function(&NORM, Vec::new(), "layer_norm_f32")?;
+        let (cols, rows64) = (c as u32, rows as u64);
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out)
+            .arg(x.cuda_data()?)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&cols)
+            .arg(&rows64)
+            .arg(&eps);
+        let warps_per_block = 4u64;
+        let cfg = LaunchConfig {
+            grid_dim: (rows64.div_ceil(warps_per_block).max(1) as u32, 1, 1),
+            block_dim: (32 * warps_per_block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one warp per row; out and x hold rows·c floats.
+        drv("launching layer_norm_f32", unsafe { l.launch(cfg) })?;
+        Tensor::from_cuda(x.shape(), out)
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, lq, width) = match q.shape()[..] {
+            [b, l, w] => (b, l, w),
+            _ => {
+                return Err(Error::shape(
+                    "attention",
+                    format!("q must be [b, l, heads·d], got {:?}", q.shape()),
+                ))
+            }
+        };
+        let lk = match k.shape()[..] {
+            [kb, l, kw] if kb == b && kw == width && l > 0 => l,
+            _ => {
+                return Err(Error::shape(
+                    "attention",
+                    format!("k {:?} does not match q {:?}", k.shape(), q.shape()),
+                ))
+            }
+        };
+        same_shape("attention (k vs v)", k, v)?;
+        if heads == 0 || width % heads != 0 {
+            return Err(Error::shape(
+                "attention",
+                format!("width {width} is not divisible by {heads} heads"),
+            ));
+        }
+        let head_dim = width / heads;
+        let f = self.function(&ATTENTION, head_dim_define(head_dim), "attention_f32")?;
+        let mut out = self.output(q.len())?;
+        let (b32, lq32, lk32, h32) = (b as u32, lq as u32, lk as u32, heads as u32);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out)
+            .arg(q.cuda_data()?)
+            .arg(k.cuda_data()?)
+            .arg(v.cuda_data()?)
+            .arg(&b32)
+            .arg(&lq32)
+            .arg(&lk32)
+            .arg(&h32)
+            .arg(&scale);
+        let warps = (b * heads * lq) as u64;
+        let cfg = LaunchConfig {
+            grid_dim: (warps.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one warp per (batch, head, query); buffers match the shapes checked above.
+        drv("launching attention_f32", unsafe { l.launch(cfg) })?;
+        Tensor::from_cuda(q.shape(), out)
+    }
+
+    fn geglu(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = x.rows_cols("geglu")?;
+        if cols % 2 != 0 {
+            return Err(Error::shape(
+                "geglu",
+                format!("last dimension {cols} is odd"),
+            ));
+        }
+        let half = cols / 2;
+        let total = (rows * half) as u64;
+        let mut out = self.output(rows * half)?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "geglu_f32")?;
+        let f32_half = half as u32;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out)
+            .arg(x.cuda_data()?)
+            .arg(&f32_half)
+            .arg(&total);
+        // SAFETY: out holds rows·half floats, x rows·2·half.
+        drv("launching geglu_f32", unsafe { l.launch(grid_for(total)) })?;
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = half;
+        }
+        Tensor::from_cuda(&shape, out)
+    }
+
+    fn silu_assign(&self, x: &mut Tensor) -> Result<()> {
+        let total = x.len() as u64;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "silu_f32")?;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(x.cuda_data_mut()?).arg(&total);
+        // SAFETY: x holds `total` floats.
+        drv("launching silu_f32", unsafe { l.launch(grid_for(total)) }).map(|_| ())
+    }
+
+    fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()> {
+        same_shape("add", x, y)?;
+        let total = x.len() as u64;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "add_scaled_f32")?;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(x.cuda_data_mut()?)
+            .arg(y.cuda_data()?)
+            .arg(&scale)
+            .arg(&total);
+        // SAFETY: x and y hold `total` floats.
+        drv("launching add_scaled_f32", unsafe {
+            l.launch(grid_for(total))
+        })
+        .map(|_| ())
+    }
+
+    fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
+        let (n, h, w, c) = x.dims4("add_channel_bias")?;
+        if bias.shape() != [n, c] {
+            return Err(Error::shape(
+                "add_channel_bias",
+                format!("bias must be [{n}, {c}], got {:?}", bias.shape()),
+            ));
+        }
+        let total = x.len() as u64;
+        let per_sample = (h * w * c) as u64;
+        let c32 = c as u32;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "channel_bias_f32")?;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(x.cuda_data_mut()?)
+            .arg(bias.cuda_data()?)
+            .arg(&per_sample)
+            .arg(&c32)
+            .arg(&total);
+        // SAFETY: x holds n·h·w·c floats, bias n·c.
+        drv("launching channel_bias_f32", unsafe {
+            l.launch(grid_for(total))
+        })
+        .map(|_| ())
+    }
+
+    fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+        let (n, h, w, c) = x.dims4("upsample_nearest")?;
+        if h == 0 || w == 0 {
+            return Err(Error::shape("upsample_nearest", "empty input"));
+        }
+        let total = (n * out_h * out_w * c) as u64;
+        let mut out = self.output(total as usize)?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "upsample_nearest_f32")?;
+        let dims = [h, w, c, out_h, out_w].map(|v| v as u32);
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out).arg(x.cuda_data()?);
+        for d in &dims {
+            l.arg(d);
+        }
+        l.arg(&total);
+        // SAFETY: out holds n·out_h·out_w·c floats; source indices are clamped to the input.
+        drv("launching upsample_nearest_f32", unsafe {
+            l.launch(grid_for(total))
+        })?;
+        Tensor::from_cuda(&[n, out_h, out_w, c], out)
+    }
+
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (n, h, w, ca) = a.dims4("concat_channels")?;
+        let (bn, bh, bw, cb) = b.dims4("concat_channels")?;
+        if (n, h, w) != (bn, bh, bw) {
+            return Err(Error::shape(
+                "concat_channels",
+                format!("{:?} vs {:?}", a.shape(), b.shape()),
+            ));
+        }
+        let total = (n * h * w * (ca + cb)) as u64;
+        let mut out = self.output(total as usize)?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "concat_channels_f32")?;
+        let (ca32, cb32) = (ca as u32, cb as u32);
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out)
+            .arg(a.cuda_data()?)
+            .arg(b.cuda_data()?)
+            .arg(&ca32)
+            .arg(&cb32)
+            .arg(&total);
+        // SAFETY: out holds n·h·w·(ca+cb) floats, a and b their own sizes.
+        drv("launching concat_channels_f32", unsafe {
+            l.launch(grid_for(total))
+        })?;
+        Tensor::from_cuda(&[n, h, w, ca + cb], out)
+    }
+}
