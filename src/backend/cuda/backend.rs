@@ -172,7 +172,14 @@ impl CudaBackend {
         w: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<CudaSlice<f32>> {
-        let n = w.shape()[1];
+        // A linear weight is [k, n], a 1×1 convolution's [1, 1, k, n]: the same matrix.
+        let n = w.shape().last().copied().unwrap_or(0);
+        if w.len() != k * n {
+            return Err(Error::shape(
+                "matmul",
+                format!("weight {:?} is not a [{k}, n] matrix", w.shape()),
+            ));
+        }
         let mut out = self.output(rows * n)?;
         let beta = match bias {
             Some(b) => {
@@ -249,6 +256,16 @@ impl Backend for CudaBackend {
         })?;
         let rows = n * oh * ow;
         let k = kh * kw * cin;
+        if rows == 0 || k == 0 || cout == 0 {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "empty convolution: input {:?}, weight {:?}",
+                    x.shape(),
+                    weight.shape()
+                ),
+            ));
+        }
         let pointwise = kh == 1
             && kw == 1
             && g.stride == 1

@@ -126,7 +126,32 @@ impl Inputs {
     }
 }
 
-type Op = dyn Fn(&dyn Backend, &mut Vec<Tensor>) -> Result<Tensor>;
+/// An op under test: returns its output, or `None` when it updated `inputs[0]` in place.
+type Op = dyn Fn(&dyn Backend, &mut Vec<Tensor>) -> Result<Option<Tensor>>;
+
+/// What one call of an op does, for the rate printed beside its time.
+#[derive(Clone, Copy)]
+enum Work {
+    Flops(f64),
+    Bytes(f64),
+}
+
+impl Work {
+    fn describe(self, gpu_ms: f64) -> String {
+        match self {
+            Work::Flops(f) => format!(
+                "{:.2} GFLOP, {:.1} TFLOP/s on the GPU",
+                f / 1e9,
+                f / gpu_ms / 1e9
+            ),
+            Work::Bytes(b) => format!(
+                "{:.1} MB moved, {:.0} GB/s on the GPU",
+                b / 1e6,
+                b / gpu_ms / 1e6
+            ),
+        }
+    }
+}
 
 /// Runs `op` on both backends, compares, and times both.
 fn check_op(
@@ -134,13 +159,19 @@ fn check_op(
     gpu: &CudaBackend,
     name: &str,
     inputs: &Inputs,
-    work: &str,
+    work: Work,
     op: &Op,
 ) -> Result<CheckResult> {
     let mut on_cpu = inputs.on(cpu)?;
     let mut on_gpu = inputs.on(gpu)?;
-    let reference = cpu.to_host(&op(cpu, &mut on_cpu)?)?;
-    let out = gpu.to_host(&op(gpu, &mut on_gpu)?)?;
+    let result = |b: &dyn Backend, t: &mut Vec<Tensor>| -> Result<Vec<f32>> {
+        match op(b, t)? {
+            Some(out) => b.to_host(&out),
+            None => b.to_host(&t[0]),
+        }
+    };
+    let reference = result(cpu, &mut on_cpu)?;
+    let out = result(gpu, &mut on_gpu)?;
     let err = rel_l2(&out, &reference);
     let g = gpu_ms(gpu, 10, || op(gpu, &mut on_gpu).map(|_| ()))?;
     let c = cpu_ms(2, || op(cpu, &mut on_cpu).map(|_| ()))?;
@@ -148,7 +179,7 @@ fn check_op(
         name: name.to_string(),
         rel_l2: Some(err),
         tolerance: Some(1e-5),
-        note: format!("gpu {g:.3} ms, cpu {c:.1} ms ({work})"),
+        note: format!("gpu {g:.3} ms, cpu {c:.1} ms ({})", work.describe(g)),
     })
 }
 
@@ -274,8 +305,8 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
             gpu,
             name,
             &inputs,
-            &format!("{:.2} GFLOP", flops as f64 / 1e9),
-            &move |b, t| b.conv2d(&t[0], &t[1], Some(&t[2]), &g),
+            Work::Flops(flops as f64),
+            &move |b, t| b.conv2d(&t[0], &t[1], Some(&t[2]), &g).map(Some),
         )
     };
     out.push(conv(
@@ -315,8 +346,8 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         gpu,
         "linear 8192×320→2560",
         &linear,
-        "13.4 GFLOP",
-        &|b, t| b.linear(&t[0], &t[1], Some(&t[2])),
+        Work::Flops(2.0 * 8192.0 * 320.0 * 2560.0),
+        &|b, t| b.linear(&t[0], &t[1], Some(&t[2])).map(Some),
     )?);
 
     let gn = Inputs::random(&[&[2, 64, 64, 320], &[320], &[320]], 300);
@@ -326,8 +357,8 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         gpu,
         "group_norm 32g + silu",
         &gn,
-        &format!("{:.1} MB moved", bytes as f64 / 1e6),
-        &|b, t| b.group_norm(&t[0], 32, &t[1], &t[2], 1e-5, true),
+        Work::Bytes(bytes as f64),
+        &|b, t| b.group_norm(&t[0], 32, &t[1], &t[2], 1e-5, true).map(Some),
     )?);
     let ln = Inputs::random(&[&[2, 4096, 320], &[320], &[320]], 400);
     out.push(check_op(
@@ -335,8 +366,8 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         gpu,
         "layer_norm 320",
         &ln,
-        &format!("{:.1} MB moved", bytes as f64 / 1e6),
-        &|b, t| b.layer_norm(&t[0], &t[1], &t[2], 1e-5),
+        Work::Bytes(bytes as f64),
+        &|b, t| b.layer_norm(&t[0], &t[1], &t[2], 1e-5).map(Some),
     )?);
 
     for (heads, d, lq, lk) in [
@@ -355,8 +386,8 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
             gpu,
             &format!("attention d{d} {lq}×{lk}"),
             &inputs,
-            &format!("{:.2} GFLOP", flops as f64 / 1e9),
-            &move |b, t| b.attention(&t[0], &t[1], &t[2], heads),
+            Work::Flops(flops as f64),
+            &move |b, t| b.attention(&t[0], &t[1], &t[2], heads).map(Some),
         )?);
     }
 
@@ -366,45 +397,72 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         gpu,
         "geglu 2560→1280",
         &gg,
-        "",
-        &|b, t| b.geglu(&t[0]),
+        Work::Bytes(4.0 * 3.0 * 2.0 * 4096.0 * 1280.0),
+        &|b, t| b.geglu(&t[0]).map(Some),
     )?);
     let ew = Inputs::random(&[&[2, 64, 64, 320], &[2, 64, 64, 320], &[2, 320]], 700);
-    out.push(check_op(cpu, gpu, "silu", &ew, "", &|b, t| {
-        b.silu_assign(&mut t[0])?;
-        b.to_host(&t[0]).and_then(|v| b.tensor(t[0].shape(), v))
-    })?);
-    out.push(check_op(cpu, gpu, "add ×0.7", &ew, "", &|b, t| {
-        let (x, rest) = t.split_at_mut(1);
-        b.add_assign(&mut x[0], &rest[0], 0.7)?;
-        b.to_host(&x[0]).and_then(|v| b.tensor(x[0].shape(), v))
-    })?);
-    out.push(check_op(cpu, gpu, "channel bias", &ew, "", &|b, t| {
-        let bias = b.tensor(&[2, 320], b.to_host(&t[2])?)?;
-        b.add_channel_bias_assign(&mut t[0], &bias)?;
-        b.to_host(&t[0]).and_then(|v| b.tensor(t[0].shape(), v))
-    })?);
-    let up = Inputs::random(&[&[2, 13, 17, 64]], 800);
+    let ew_bytes = 4.0 * 2.0 * 64.0 * 64.0 * 320.0;
     out.push(check_op(
         cpu,
         gpu,
-        "upsample 13×17→26×34",
-        &up,
-        "",
-        &|b, t| b.upsample_nearest(&t[0], 26, 34),
+        "silu (in place)",
+        &ew,
+        Work::Bytes(ew_bytes * 2.0),
+        &|b, t| {
+            b.silu_assign(&mut t[0])?;
+            Ok(None)
+        },
     )?);
     out.push(check_op(
         cpu,
         gpu,
-        "upsample 13×17→27×35",
+        "add ×0.7 (in place)",
+        &ew,
+        Work::Bytes(ew_bytes * 3.0),
+        &|b, t| {
+            let (x, rest) = t.split_at_mut(1);
+            b.add_assign(&mut x[0], &rest[0], 0.7)?;
+            Ok(None)
+        },
+    )?);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "channel bias (in place)",
+        &ew,
+        Work::Bytes(ew_bytes * 2.0),
+        &|b, t| {
+            let (x, rest) = t.split_at_mut(1);
+            b.add_channel_bias_assign(&mut x[0], &rest[1])?;
+            Ok(None)
+        },
+    )?);
+    let up = Inputs::random(&[&[2, 64, 64, 320]], 800);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "upsample 64²→128²",
         &up,
-        "",
-        &|b, t| b.upsample_nearest(&t[0], 27, 35),
+        Work::Bytes(ew_bytes * 5.0),
+        &|b, t| b.upsample_nearest(&t[0], 128, 128).map(Some),
+    )?);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "upsample 64²→127×129",
+        &up,
+        Work::Bytes(ew_bytes * 5.0),
+        &|b, t| b.upsample_nearest(&t[0], 127, 129).map(Some),
     )?);
     let cat = Inputs::random(&[&[2, 32, 32, 320], &[2, 32, 32, 640]], 900);
-    out.push(check_op(cpu, gpu, "concat 320+640", &cat, "", &|b, t| {
-        b.concat_channels(&t[0], &t[1])
-    })?);
+    out.push(check_op(
+        cpu,
+        gpu,
+        "concat 320+640",
+        &cat,
+        Work::Bytes(2.0 * 4.0 * 2.0 * 32.0 * 32.0 * 960.0),
+        &|b, t| b.concat_channels(&t[0], &t[1]).map(Some),
+    )?);
     Ok(out)
 }
 
