@@ -3,6 +3,9 @@
 
 use crate::error::{Error, Result};
 
+/// The colour between grid tiles: visibly apart from black and white backgrounds.
+const GRID_GAP_GRAY: u8 = 96;
+
 /// An 8-bit image, row-major, `channels` interleaved (1 = gray, 3 = RGB).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image8 {
@@ -64,7 +67,7 @@ impl Image8 {
         Ok(bytes)
     }
 
-    /// Tiles `images` (all the same size) `columns` wide with `gap` pixels of black
+    /// Tiles `images` (all the same size) `columns` wide with `gap` pixels of gray
     /// between them, each magnified `scale` times (nearest neighbour).
     pub fn grid(images: &[Image8], columns: usize, gap: usize, scale: usize) -> Result<Image8> {
         let first = images
@@ -82,7 +85,7 @@ impl Image8 {
         let width = columns * cw + (columns + 1) * gap;
         let height = rows * ch + (rows + 1) * gap;
         let c = first.channels;
-        let mut pixels = vec![0u8; width * height * c];
+        let mut pixels = vec![GRID_GAP_GRAY; width * height * c];
         for (n, image) in images.iter().enumerate() {
             let x0 = gap + (n % columns) * (cw + gap);
             let y0 = gap + (n / columns) * (ch + gap);
@@ -133,6 +136,7 @@ mod tests {
         assert_eq!(g.pixels[g.width + 1], 10);
         assert_eq!(g.pixels[g.width + 4], 20);
         assert_eq!(g.pixels[4 * g.width + 1], 20);
-        assert_eq!(g.pixels[4 * g.width + 4], 0);
+        assert_eq!(g.pixels[4 * g.width + 4], GRID_GAP_GRAY);
+        assert_eq!(g.pixels[0], GRID_GAP_GRAY);
     }
 }

@@ -1,6 +1,7 @@
 //! Whole 20-step sampling runs with classifier-free guidance against diffusers
 //! (tests/fixtures/trajectories, made by tools/make_model_fixtures.py): every model ×
-//! scheduler × prediction type, final sample within relative L2 1e-4. The fixture's
+//! scheduler × prediction type, plus the shipped digits model with its own scheduler
+//! config, final sample within relative L2 1e-4. The fixture's
 //! own noise is fed in, so stochastic schedulers are compared exactly too.
 
 mod common;
@@ -162,9 +163,19 @@ fn run_case(path: &Path, unet: &UNet, backend: &CpuBackend) -> Result<f64, Strin
     }
 }
 
-fn check_model(model: &str) {
+/// Runs every `<model>__*.safetensors` case; `model` is a fixture model, or a shipped
+/// one under `weights/` when no fixture folder has its name.
+fn check_model(model: &str, min_cases: usize) {
     let backend = CpuBackend::new();
-    let unet = ModelFolder::locate(fixtures().join("models").join(model))
+    let fixture_dir = fixtures().join("models").join(model);
+    let model_dir = if fixture_dir.is_dir() {
+        fixture_dir
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("weights")
+            .join(model)
+    };
+    let unet = ModelFolder::locate(&model_dir)
         .and_then(|f| f.load_unet(&backend))
         .unwrap_or_else(|e| panic!("loading {model}: {e}"));
     let dir = fixtures().join("trajectories");
@@ -179,8 +190,8 @@ fn check_model(model: &str) {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 14,
-        "{model}: expected at least 14 trajectory cases, found {}",
+        cases.len() >= min_cases,
+        "{model}: expected at least {min_cases} trajectory cases, found {}",
         cases.len()
     );
     let mut failures = Vec::new();
@@ -202,15 +213,22 @@ fn check_model(model: &str) {
 
 #[test]
 fn class_conditional_unet2d_trajectories_match_diffusers() {
-    check_model("unet2d_class");
+    check_model("unet2d_class", 14);
 }
 
 #[test]
 fn sd1_style_condition_unet_trajectories_match_diffusers() {
-    check_model("unet_cond");
+    check_model("unet_cond", 14);
 }
 
 #[test]
 fn sd2_style_linear_projection_trajectories_match_diffusers() {
-    check_model("unet_cond_linear");
+    check_model("unet_cond_linear", 14);
+}
+
+/// The shipped model with its own scheduler config (v-prediction, trailing spacing),
+/// as `diffsteer generate` runs it: DDIM, DDPM, Euler, Euler ancestral, DPM-Solver++.
+#[test]
+fn shipped_digits_model_trajectories_match_diffusers() {
+    check_model("digits", 5);
 }

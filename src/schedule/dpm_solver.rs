@@ -98,11 +98,14 @@ impl DpmSolverMultistep {
         )?;
         config.check_number("flow_shift")?;
         config.check_string("time_shift_type")?;
+        // diffusers only acts on the learned variants (it drops the model output's
+        // variance channels); any other value, such as DDPM's "fixed_small" in a config
+        // shared between schedulers, has no effect on this solver.
         let variance_type = config.str("variance_type", "")?;
-        if !variance_type.is_empty() {
+        if matches!(variance_type, "learned" | "learned_range") {
             return Err(config.error(
                 "variance_type",
-                format!("found \"{variance_type}\"; accepted: null (learned variances are not implemented)"),
+                format!("found \"{variance_type}\"; learned variances are not implemented (accepted: null or a fixed type)"),
             ));
         }
         let final_sigma = FinalSigma::from_config(config)?;
