@@ -71,7 +71,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> Vec<f32
             scores.resize(rows * s.kv_len, 0.0);
             matmul(scores, s.kv_len, q_view, k_t, scale, false);
             for row in scores.chunks_mut(s.kv_len) {
-                softmax_in_place(row);
+                super::vmath::softmax(row);
             }
             let v_view = MatRef {
                 data: &v[kv_base..],
@@ -104,17 +104,4 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> Vec<f32
             }
         });
     out
-}
-
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
 }

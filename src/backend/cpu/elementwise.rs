@@ -5,11 +5,6 @@ use rayon::prelude::*;
 /// Elements per rayon task for cheap elementwise work.
 pub const CHUNK: usize = 1 << 14;
 
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 /// Exact (erf-based) GELU, as PyTorch's default `gelu`.
 #[inline]
 pub fn gelu(x: f32) -> f32 {
@@ -17,8 +12,7 @@ pub fn gelu(x: f32) -> f32 {
 }
 
 pub fn silu_assign(x: &mut [f32]) {
-    x.par_chunks_mut(CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = silu(*v)));
+    x.par_chunks_mut(CHUNK).for_each(super::vmath::silu_slice);
 }
 
 pub fn add_assign(x: &mut [f32], y: &[f32], scale: f32) {

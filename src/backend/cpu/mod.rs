@@ -7,6 +7,7 @@ mod conv;
 pub mod elementwise;
 pub mod matmul;
 mod norm;
+pub mod vmath;
 
 use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};

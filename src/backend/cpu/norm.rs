@@ -4,8 +4,6 @@
 
 use rayon::prelude::*;
 
-use super::elementwise::silu;
-
 /// Pixels per statistics task: enough work per task, bounded partial-sum memory.
 const STAT_CHUNK_PIXELS: usize = 1024;
 
@@ -74,13 +72,22 @@ pub fn group_norm(
         .zip(x.par_chunks(STAT_CHUNK_PIXELS * c))
         .enumerate()
         .for_each(|(chunk, (dst, src))| {
-            for (p, (d, s)) in dst.chunks_mut(c).zip(src.chunks(c)).enumerate() {
-                let sample = (chunk * STAT_CHUNK_PIXELS + p) / pixels;
+            // Runs of pixels within one sample share the affine.
+            let first = chunk * STAT_CHUNK_PIXELS;
+            let count = dst.len() / c;
+            let mut p = 0;
+            while p < count {
+                let sample = (first + p) / pixels;
+                let run = ((sample + 1) * pixels - (first + p)).min(count - p);
                 let (a, b) = affine[sample * 2 * c..(sample + 1) * 2 * c].split_at(c);
-                for ch in 0..c {
-                    let y = s[ch] * a[ch] + b[ch];
-                    d[ch] = if apply_silu { silu(y) } else { y };
-                }
+                super::vmath::affine_rows(
+                    &mut dst[p * c..(p + run) * c],
+                    &src[p * c..(p + run) * c],
+                    a,
+                    b,
+                    apply_silu,
+                );
+                p += run;
             }
         });
     out
