@@ -1,35 +1,76 @@
-//! A backend wrapper that counts the floating-point operations of the matrix-shaped
-//! ops (convolutions, linear layers, attention), so benchmarks can report achieved
-//! GFLOP/s next to their timings. Elementwise ops and norms are not counted: they
-//! are memory-bound and small next to the GEMMs.
+//! A backend wrapper that measures what a model asks of its backend: the time spent
+//! in each kind of op, how often it ran, and the floating-point operations of the
+//! matrix-shaped ones (convolutions, linear layers, attention), so benchmarks can
+//! report achieved GFLOP/s and where the time goes. Elementwise ops and norms count
+//! no FLOPs: they are memory-bound.
+//!
+//! Times are wall-clock around each call, which is exact for the synchronous CPU
+//! backend; for an asynchronous device they measure launch cost only.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::{Backend, Conv2dGeometry};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// Totals for one kind of op.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpStats {
+    pub calls: u64,
+    pub time: Duration,
+    pub flops: u64,
+}
+
 pub struct CountingBackend<'a> {
     inner: &'a dyn Backend,
-    flops: AtomicU64,
+    stats: Mutex<BTreeMap<&'static str, OpStats>>,
 }
 
 impl<'a> CountingBackend<'a> {
     pub fn new(inner: &'a dyn Backend) -> Self {
         CountingBackend {
             inner,
-            flops: AtomicU64::new(0),
+            stats: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The totals per op kind since the last call, and resets them.
+    pub fn take_stats(&self) -> BTreeMap<&'static str, OpStats> {
+        match self.stats.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(_) => BTreeMap::new(),
         }
     }
 
     /// Operations counted since the last call (a multiply-add counts as 2).
     pub fn take_flops(&self) -> u64 {
-        self.flops.swap(0, Ordering::Relaxed)
+        self.take_stats().values().map(|s| s.flops).sum()
     }
 
-    fn add(&self, flops: usize) {
-        self.flops.fetch_add(flops as u64, Ordering::Relaxed);
+    fn record<T>(
+        &self,
+        op: &'static str,
+        flops: impl FnOnce(&T) -> usize,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let out = f()?;
+        let elapsed = start.elapsed();
+        let counted = flops(&out) as u64;
+        if let Ok(mut stats) = self.stats.lock() {
+            let entry = stats.entry(op).or_default();
+            entry.calls += 1;
+            entry.time += elapsed;
+            entry.flops += counted;
+        }
+        Ok(out)
     }
+}
+
+fn none<T>(_: &T) -> usize {
+    0
 }
 
 impl Backend for CountingBackend<'_> {
@@ -37,10 +78,10 @@ impl Backend for CountingBackend<'_> {
         self.inner.name()
     }
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
-        self.inner.tensor(shape, data)
+        self.record("upload", none, || self.inner.tensor(shape, data))
     }
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
-        self.inner.to_host(x)
+        self.record("download", none, || self.inner.to_host(x))
     }
     fn conv2d(
         &self,
@@ -49,15 +90,22 @@ impl Backend for CountingBackend<'_> {
         bias: Option<&Tensor>,
         geometry: &Conv2dGeometry,
     ) -> Result<Tensor> {
-        let out = self.inner.conv2d(x, weight, bias, geometry)?;
-        let k: usize = weight.shape()[..3].iter().product();
-        self.add(2 * out.len() * k);
-        Ok(out)
+        let k: usize = weight.shape().iter().take(3).product();
+        let pointwise = weight.shape().first() == Some(&1) && weight.shape().get(1) == Some(&1);
+        let name = if pointwise { "conv2d 1x1" } else { "conv2d" };
+        self.record(
+            name,
+            |out: &Tensor| 2 * out.len() * k,
+            || self.inner.conv2d(x, weight, bias, geometry),
+        )
     }
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let out = self.inner.linear(x, weight, bias)?;
-        self.add(2 * out.len() * weight.shape()[0]);
-        Ok(out)
+        let k = weight.shape().first().copied().unwrap_or(0);
+        self.record(
+            "linear",
+            |out: &Tensor| 2 * out.len() * k,
+            || self.inner.linear(x, weight, bias),
+        )
     }
     fn group_norm(
         &self,
@@ -68,34 +116,49 @@ impl Backend for CountingBackend<'_> {
         eps: f32,
         silu: bool,
     ) -> Result<Tensor> {
-        self.inner.group_norm(x, groups, gamma, beta, eps, silu)
+        let name = if silu {
+            "group_norm+silu"
+        } else {
+            "group_norm"
+        };
+        self.record(name, none, || {
+            self.inner.group_norm(x, groups, gamma, beta, eps, silu)
+        })
     }
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        self.inner.layer_norm(x, gamma, beta, eps)
+        self.record("layer_norm", none, || {
+            self.inner.layer_norm(x, gamma, beta, eps)
+        })
     }
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-        let out = self.inner.attention(q, k, v, heads)?;
         // q·kᵀ and p·v: 2 · (2 · lq · lk · width) per batch element.
-        let (lk, width) = (k.shape()[1], k.shape()[2]);
-        self.add(4 * out.len() / width * lk * width);
-        Ok(out)
+        let lk = k.shape().get(1).copied().unwrap_or(0);
+        self.record(
+            "attention",
+            |out: &Tensor| 4 * out.len() * lk,
+            || self.inner.attention(q, k, v, heads),
+        )
     }
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.geglu(x)
+        self.record("geglu", none, || self.inner.geglu(x))
     }
     fn silu_assign(&self, x: &mut Tensor) -> Result<()> {
-        self.inner.silu_assign(x)
+        self.record("silu", none, || self.inner.silu_assign(x))
     }
     fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()> {
-        self.inner.add_assign(x, y, scale)
+        self.record("add", none, || self.inner.add_assign(x, y, scale))
     }
     fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
-        self.inner.add_channel_bias_assign(x, bias)
+        self.record("channel bias", none, || {
+            self.inner.add_channel_bias_assign(x, bias)
+        })
     }
     fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-        self.inner.upsample_nearest(x, out_h, out_w)
+        self.record("upsample", none, || {
+            self.inner.upsample_nearest(x, out_h, out_w)
+        })
     }
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.inner.concat_channels(a, b)
+        self.record("concat", none, || self.inner.concat_channels(a, b))
     }
 }

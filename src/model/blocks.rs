@@ -29,8 +29,8 @@ pub struct ForwardContext<'a> {
 }
 
 enum MixerLayer {
-    SelfAttention(SpatialSelfAttention),
-    Transformer(Transformer2D),
+    SelfAttention(Box<SpatialSelfAttention>),
+    Transformer(Box<Transformer2D>),
 }
 
 impl MixerLayer {
@@ -48,19 +48,21 @@ impl MixerLayer {
                 heads,
                 head_dim,
                 groups,
-            } => Some(MixerLayer::SelfAttention(SpatialSelfAttention::load(
-                b,
-                s,
-                (channels, heads, head_dim, groups),
-                bc.eps,
-                scale,
-            )?)),
+            } => Some(MixerLayer::SelfAttention(Box::new(
+                SpatialSelfAttention::load(
+                    b,
+                    s,
+                    (channels, heads, head_dim, groups),
+                    bc.eps,
+                    scale,
+                )?,
+            ))),
             Mixer::Transformer {
                 heads,
                 head_dim,
                 layers,
                 cross_attention_dim,
-            } => Some(MixerLayer::Transformer(Transformer2D::load(
+            } => Some(MixerLayer::Transformer(Box::new(Transformer2D::load(
                 b,
                 s,
                 &TransformerSpec {
@@ -72,7 +74,7 @@ impl MixerLayer {
                     groups: bc.groups,
                     use_linear_projection: bc.use_linear_projection,
                 },
-            )?)),
+            )?))),
         })
     }
 

@@ -27,17 +27,8 @@ pub fn group_norm(
             let chunk = task % chunks_per_sample;
             let start = chunk * STAT_CHUNK_PIXELS;
             let end = ((chunk + 1) * STAT_CHUNK_PIXELS).min(pixels);
-            let mut acc = vec![0f64; 2 * c];
             let base = sample * pixels * c;
-            for p in start..end {
-                let px = &x[base + p * c..base + (p + 1) * c];
-                for (ch, &v) in px.iter().enumerate() {
-                    let v = v as f64;
-                    acc[ch] += v;
-                    acc[c + ch] += v * v;
-                }
-            }
-            acc
+            super::vmath::channel_sums(&x[base + start * c..base + end * c], c)
         })
         .collect();
 

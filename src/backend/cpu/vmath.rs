@@ -12,57 +12,84 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// plain SSE2 arithmetic.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
+/// `a·b + c`, fused when `FMA` (the AVX2 + FMA build of a kernel), else as two
+/// operations (a fused multiply-add without hardware support would be a libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// e^x with relative error below 3e-7 for x in [-87, 88]; inputs outside are
 /// clamped (e^-87 ≈ 1.6e-38 stands in for smaller values, which only ever feed
 /// sums where they vanish).
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+fn exp_impl<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // t holds round(x·log2 e) in its low mantissa bits; reading it from the bits
     // (instead of a saturating `as i32`) keeps the whole function in vector registers.
-    let t = x * LOG2_E + ROUND_MAGIC;
+    let t = madd::<FMA>(x, LOG2_E, ROUND_MAGIC);
     let k = t - ROUND_MAGIC;
     let k_int = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
-    let r = (x - k * LN2_HI) - k * LN2_LO;
-    // Taylor series of e^r to r^7/7! on |r| ≤ ln2/2 (remainder < 1e-8).
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let r = madd::<FMA>(-k, LN2_LO, madd::<FMA>(-k, LN2_HI, x));
+    // Taylor series of e^r to r^7/7! on |r| ≤ ln2/2 (remainder < 1e-8), by Horner.
+    const C: [f32; 8] = [
+        1.0,
+        1.0,
+        0.5,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+    ];
+    let mut p = C[7];
+    for &c in C[..7].iter().rev() {
+        p = madd::<FMA>(p, r, c);
+    }
     let scale = f32::from_bits(k_int.wrapping_add(127) << 23);
     p * scale
 }
 
-#[inline(always)]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+/// e^x, see [`exp_impl`].
+pub fn exp(x: f32) -> f32 {
+    exp_impl::<false>(x)
 }
 
-/// Runs `body` compiled for AVX2 + FMA when the CPU has them, else for the baseline.
-/// (An AVX-512 variant measured slower on the 2-core AMD EPYC development machine.)
+#[inline(always)]
+fn silu_impl<const FMA: bool>(x: f32) -> f32 {
+    x / (1.0 + exp_impl::<FMA>(-x))
+}
+
+/// Calls `kernel::<true>(args)` compiled for AVX2 + FMA when the CPU has them, else
+/// `kernel::<false>(args)` for the baseline target. `kernel` must be
+/// `#[inline(always)]` so that it is compiled inside the AVX2 function.
+/// (An AVX-512 variant measured no faster on the 2-core AMD EPYC development machine.)
 macro_rules! with_best_isa {
-    ($body:expr) => {{
+    ($kernel:ident ( $($arg:expr),* $(,)? )) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn wide<R>(f: impl FnOnce() -> R) -> R {
+                    f()
+                }
+                let call = || $kernel::<true>($($arg),*);
                 // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                return unsafe { wide(|| $body) };
+                return unsafe { wide(call) };
             }
         }
-        $body
+        $kernel::<false>($($arg),*)
     }};
 }
 
 #[inline(always)]
-fn silu_slice_body(x: &mut [f32]) {
+fn silu_slice_body<const FMA: bool>(x: &mut [f32]) {
     for v in x.iter_mut() {
-        *v = silu(*v);
+        *v = silu_impl::<FMA>(*v);
     }
 }
 
@@ -72,16 +99,22 @@ pub fn silu_slice(x: &mut [f32]) {
 }
 
 #[inline(always)]
-fn affine_rows_body(dst: &mut [f32], src: &[f32], a: &[f32], b: &[f32], apply_silu: bool) {
+fn affine_rows_body<const FMA: bool>(
+    dst: &mut [f32],
+    src: &[f32],
+    a: &[f32],
+    b: &[f32],
+    apply_silu: bool,
+) {
     let c = a.len();
     for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
         if apply_silu {
             for i in 0..c {
-                d[i] = silu(s[i] * a[i] + b[i]);
+                d[i] = silu_impl::<FMA>(madd::<FMA>(s[i], a[i], b[i]));
             }
         } else {
             for i in 0..c {
-                d[i] = s[i] * a[i] + b[i];
+                d[i] = madd::<FMA>(s[i], a[i], b[i]);
             }
         }
     }
@@ -92,10 +125,29 @@ pub fn affine_rows(dst: &mut [f32], src: &[f32], a: &[f32], b: &[f32], apply_sil
     with_best_isa!(affine_rows_body(dst, src, a, b, apply_silu))
 }
 
+#[inline(always)]
+fn channel_sums_body<const FMA: bool>(x: &[f32], c: usize) -> Vec<f64> {
+    let mut sums = vec![0f64; 2 * c];
+    let (sum, sum_sq) = sums.split_at_mut(c);
+    for px in x.chunks_exact(c) {
+        for i in 0..c {
+            let v = px[i] as f64;
+            sum[i] += v;
+            sum_sq[i] += v * v;
+        }
+    }
+    sums
+}
+
+/// Per-channel sum and sum of squares (f64) of rows of `c` values: `[sums; squares]`.
+pub fn channel_sums(x: &[f32], c: usize) -> Vec<f64> {
+    with_best_isa!(channel_sums_body(x, c))
+}
+
 const LANES: usize = 8;
 
 #[inline(always)]
-fn softmax_body(row: &mut [f32]) {
+fn softmax_body<const FMA: bool>(row: &mut [f32]) {
     // Lane-wise partial max and sum so the reductions vectorise.
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
@@ -112,13 +164,13 @@ fn softmax_body(row: &mut [f32]) {
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for i in 0..LANES {
-            chunk[i] = exp(chunk[i] - max);
+            chunk[i] = exp_impl::<FMA>(chunk[i] - max);
             sums[i] += chunk[i];
         }
     }
     let mut sum: f32 = sums.iter().sum();
     for v in chunks.into_remainder() {
-        *v = exp(*v - max);
+        *v = exp_impl::<FMA>(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;

@@ -95,6 +95,24 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         100.0 * rate / ceiling,
         flops / 1e9
     );
+    let stats = counting.take_stats();
+    let total: f64 = stats.values().map(|s| s.time.as_secs_f64()).sum();
+    let mut rows: Vec<_> = stats.into_iter().collect();
+    rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.time));
+    for (op, s) in rows {
+        let secs = s.time.as_secs_f64();
+        let rate = if s.flops > 0 {
+            format!("{:7.1} GFLOP/s", s.flops as f64 / secs / 1e9)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {op:<18} {:>5.1}%  {:>8.2} ms/forward  {:>5} calls/forward  {rate}",
+            100.0 * secs / total,
+            secs * 1e3 / (args.iters + 1) as f64,
+            s.calls / (args.iters as u64 + 1)
+        );
+    }
 
     let scheduler_config = folder.load_scheduler_config()?;
     let kind = args
