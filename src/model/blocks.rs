@@ -101,6 +101,33 @@ struct Layer {
 }
 
 impl Layer {
+    /// ResNet `j` of a down or up block (`resnets.{j}`, taking `in_channels`) and its
+    /// mixer (`attentions.{j}`).
+    fn load(
+        b: &dyn Backend,
+        s: &Scope,
+        j: usize,
+        in_channels: usize,
+        spec: &BlockSpec,
+        bc: &BlockContext,
+    ) -> Result<Self> {
+        Ok(Layer {
+            resnet: ResnetBlock::load(
+                b,
+                &s.sub(format!("resnets.{j}")),
+                &resnet_spec(bc, in_channels, spec.out_channels, 1.0),
+            )?,
+            mixer: MixerLayer::load(
+                b,
+                &s.sub(format!("attentions.{j}")),
+                spec.mixer,
+                spec.out_channels,
+                bc,
+                1.0,
+            )?,
+        })
+    }
+
     fn forward(&self, cx: &ForwardContext, x: &Tensor) -> Result<Tensor> {
         let h = self.resnet.forward(cx.backend, x, cx.temb_act)?;
         match &self.mixer {
@@ -140,21 +167,7 @@ impl DownBlock {
             } else {
                 spec.out_channels
             };
-            layers.push(Layer {
-                resnet: ResnetBlock::load(
-                    b,
-                    &s.sub(format!("resnets.{j}")),
-                    &resnet_spec(bc, cin, spec.out_channels, 1.0),
-                )?,
-                mixer: MixerLayer::load(
-                    b,
-                    &s.sub(format!("attentions.{j}")),
-                    spec.mixer,
-                    spec.out_channels,
-                    bc,
-                    1.0,
-                )?,
-            });
+            layers.push(Layer::load(b, s, j, cin, spec, bc)?);
         }
         let downsample = if spec.resample {
             // diffusers' Downsample2D with padding 0 pads only bottom/right by one.
@@ -266,21 +279,7 @@ impl UpBlock {
             } else {
                 spec.out_channels
             };
-            layers.push(Layer {
-                resnet: ResnetBlock::load(
-                    b,
-                    &s.sub(format!("resnets.{j}")),
-                    &resnet_spec(bc, cin + skip, spec.out_channels, 1.0),
-                )?,
-                mixer: MixerLayer::load(
-                    b,
-                    &s.sub(format!("attentions.{j}")),
-                    spec.mixer,
-                    spec.out_channels,
-                    bc,
-                    1.0,
-                )?,
-            });
+            layers.push(Layer::load(b, s, j, cin + skip, spec, bc)?);
         }
         let upsample = if spec.resample {
             let c = spec.out_channels;

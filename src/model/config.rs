@@ -220,6 +220,60 @@ fn divides(f: &Fields, key: &str, channels: usize, by: usize, what: &str) -> Res
     Ok(channels / by)
 }
 
+/// Which side of the U a block is on, for the per-class callbacks of [`block_specs`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Down,
+    Up,
+}
+
+/// The down and up block lists diffusers derives from `block_out_channels`: down block
+/// `i` maps `channels[i-1] → channels[i]` (ending in a downsampler except the last);
+/// up block `i` walks the reversed list, taking the previous up block's output plus
+/// skips. What differs between the U-Net classes comes from `resnets(side, i)` and
+/// `mixer(side, i, block_type, out_channels)`.
+fn block_specs(
+    channels: &[usize],
+    down_types: &[String],
+    up_types: &[String],
+    resnets: impl Fn(Side, usize) -> usize,
+    mixer: impl Fn(Side, usize, &str, usize) -> Result<Mixer>,
+) -> Result<(Vec<BlockSpec>, Vec<BlockSpec>)> {
+    let n = channels.len();
+    let mut down = Vec::with_capacity(n);
+    let mut output = channels[0];
+    for (i, t) in down_types.iter().enumerate() {
+        let input = output;
+        output = channels[i];
+        down.push(BlockSpec {
+            type_name: t.clone(),
+            in_channels: input,
+            out_channels: output,
+            prev_output_channels: 0,
+            resnets: resnets(Side::Down, i),
+            mixer: mixer(Side::Down, i, t, output)?,
+            resample: i + 1 < n,
+        });
+    }
+    let reversed: Vec<usize> = channels.iter().rev().copied().collect();
+    let mut up = Vec::with_capacity(n);
+    let mut output = reversed[0];
+    for (i, t) in up_types.iter().enumerate() {
+        let prev = output;
+        output = reversed[i];
+        up.push(BlockSpec {
+            type_name: t.clone(),
+            in_channels: reversed[(i + 1).min(n - 1)],
+            out_channels: output,
+            prev_output_channels: prev,
+            resnets: resnets(Side::Up, i),
+            mixer: mixer(Side::Up, i, t, output)?,
+            resample: i + 1 < n,
+        });
+    }
+    Ok((down, up))
+}
+
 fn parse_unet2d(f: &Fields) -> Result<UNetConfig> {
     check_act_fn(f)?;
     f.choice("time_embedding_type", &["positional"])?;
@@ -279,26 +333,25 @@ fn parse_unet2d(f: &Fields) -> Result<UNetConfig> {
         })
     };
 
-    let mut down_blocks = Vec::new();
-    let mut output = block_out_channels[0];
-    for (i, t) in down_types.iter().enumerate() {
-        let input = output;
-        output = block_out_channels[i];
-        let mixer = if t == "AttnDownBlock2D" {
-            self_attention("attention_head_dim", output, groups)?
-        } else {
-            Mixer::None
-        };
-        down_blocks.push(BlockSpec {
-            type_name: t.clone(),
-            in_channels: input,
-            out_channels: output,
-            prev_output_channels: 0,
-            resnets: layers,
-            mixer,
-            resample: i + 1 < n,
-        });
-    }
+    let (down_blocks, up_blocks) = block_specs(
+        &block_out_channels,
+        &down_types,
+        &up_types,
+        |side, _| {
+            if side == Side::Down {
+                layers
+            } else {
+                layers + 1
+            }
+        },
+        |_, _, t, out| {
+            if t.starts_with("Attn") {
+                self_attention("attention_head_dim", out, groups)
+            } else {
+                Ok(Mixer::None)
+            }
+        },
+    )?;
 
     let mid_type = match f.get("mid_block_type") {
         None if f_has_null(f, "mid_block_type") => None,
@@ -324,29 +377,6 @@ fn parse_unet2d(f: &Fields) -> Result<UNetConfig> {
             })
         }
     };
-
-    let reversed: Vec<usize> = block_out_channels.iter().rev().copied().collect();
-    let mut up_blocks = Vec::new();
-    let mut output = reversed[0];
-    for (i, t) in up_types.iter().enumerate() {
-        let prev = output;
-        output = reversed[i];
-        let input = reversed[(i + 1).min(n - 1)];
-        let mixer = if t == "AttnUpBlock2D" {
-            self_attention("attention_head_dim", output, groups)?
-        } else {
-            Mixer::None
-        };
-        up_blocks.push(BlockSpec {
-            type_name: t.clone(),
-            in_channels: input,
-            out_channels: output,
-            prev_output_channels: prev,
-            resnets: layers + 1,
-            mixer,
-            resample: i + 1 < n,
-        });
-    }
 
     let time_embed_dim = f
         .opt_usize("time_embedding_dim")?
@@ -496,21 +526,21 @@ fn parse_unet2d_condition(f: &Fields) -> Result<UNetConfig> {
         }
     };
 
-    let mut down_blocks = Vec::new();
-    let mut output = block_out_channels[0];
-    for (i, t) in down_types.iter().enumerate() {
-        let input = output;
-        output = block_out_channels[i];
-        down_blocks.push(BlockSpec {
-            type_name: t.clone(),
-            in_channels: input,
-            out_channels: output,
-            prev_output_channels: 0,
-            resnets: layers[i],
-            mixer: mixer_for(t, output, heads[i], head_dims[i], transformer_layers[i])?,
-            resample: i + 1 < n,
-        });
-    }
+    // diffusers reverses heads, layers and transformer depth for the up path but
+    // indexes `attention_head_dim` forwards; mirror it exactly.
+    let (down_blocks, up_blocks) = block_specs(
+        &block_out_channels,
+        &down_types,
+        &up_types,
+        |side, i| match side {
+            Side::Down => layers[i],
+            Side::Up => layers[n - 1 - i] + 1,
+        },
+        |side, i, t, out| {
+            let r = if side == Side::Down { i } else { n - 1 - i };
+            mixer_for(t, out, heads[r], head_dims[i], transformer_layers[r])
+        },
+    )?;
 
     let mid_channels = block_out_channels[n - 1];
     let mid = match f.get("mid_block_type") {
@@ -544,27 +574,6 @@ fn parse_unet2d_condition(f: &Fields) -> Result<UNetConfig> {
             })
         }
     };
-
-    let reversed: Vec<usize> = block_out_channels.iter().rev().copied().collect();
-    let mut up_blocks = Vec::new();
-    let mut output = reversed[0];
-    for (i, t) in up_types.iter().enumerate() {
-        let prev = output;
-        output = reversed[i];
-        let input = reversed[(i + 1).min(n - 1)];
-        let r = n - 1 - i;
-        // diffusers reverses heads, layers and transformer depth for the up path but
-        // indexes `attention_head_dim` forwards; mirror it exactly.
-        up_blocks.push(BlockSpec {
-            type_name: t.clone(),
-            in_channels: input,
-            out_channels: output,
-            prev_output_channels: prev,
-            resnets: layers[r] + 1,
-            mixer: mixer_for(t, output, heads[r], head_dims[i], transformer_layers[r])?,
-            resample: i + 1 < n,
-        });
-    }
 
     let conv_in_kernel = f.usize("conv_in_kernel", 3)?;
     let conv_out_kernel = f.usize("conv_out_kernel", 3)?;

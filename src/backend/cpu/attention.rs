@@ -5,16 +5,9 @@
 use rayon::prelude::*;
 
 use super::matmul::{matmul, MatRef};
+use crate::backend::shapes::AttentionDims;
 
 const QUERY_BLOCK: usize = 64;
-
-pub struct AttentionShape {
-    pub batch: usize,
-    pub q_len: usize,
-    pub kv_len: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
 
 /// A raw output pointer shared by tasks that write disjoint regions.
 #[derive(Clone, Copy)]
@@ -33,7 +26,7 @@ impl SharedOut {
     }
 }
 
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> Vec<f32> {
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32> {
     let width = s.heads * s.head_dim;
     let mut out = vec![0f32; s.batch * s.q_len * width];
     let blocks = s.q_len.div_ceil(QUERY_BLOCK);

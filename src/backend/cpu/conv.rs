@@ -5,28 +5,17 @@
 use rayon::prelude::*;
 
 use super::matmul::{matmul, MatRef};
+use crate::backend::shapes::ConvDims;
 use crate::backend::Conv2dGeometry;
 
 /// Bytes of patch buffer per task that keep the packed operand cache-friendly.
 const PATCH_BUFFER_FLOATS: usize = 1 << 17;
 
-pub struct ConvShape {
-    pub batch: usize,
-    pub height: usize,
-    pub width: usize,
-    pub in_channels: usize,
-    pub kernel_h: usize,
-    pub kernel_w: usize,
-    pub out_channels: usize,
-    pub out_height: usize,
-    pub out_width: usize,
-}
-
 pub fn conv2d(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
-    s: &ConvShape,
+    s: &ConvDims,
     g: &Conv2dGeometry,
 ) -> Vec<f32> {
     let rows = s.batch * s.out_height * s.out_width;
@@ -68,7 +57,7 @@ pub fn conv2d(
 /// into `patches` as rows of `kh·kw·c_in` values (zeros where the kernel overhangs).
 fn gather_patches(
     x: &[f32],
-    s: &ConvShape,
+    s: &ConvDims,
     g: &Conv2dGeometry,
     first_row: usize,
     n_rows: usize,

@@ -11,6 +11,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
 use super::kernels::{head_dim_define, KernelSource, ATTENTION, CONV, ELEMENTWISE, NORM};
+use crate::backend::shapes::{self, ConvDims};
 use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -37,31 +38,6 @@ fn grid_for(n: u64) -> LaunchConfig {
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.shape() != b.shape() {
-        return Err(Error::shape(
-            op,
-            format!("{:?} vs {:?}", a.shape(), b.shape()),
-        ));
-    }
-    Ok(())
-}
-
-fn vector_of_len<'a>(
-    op: &str,
-    what: &str,
-    t: &'a Tensor,
-    len: usize,
-) -> Result<&'a CudaSlice<f32>> {
-    if t.shape() != [len] {
-        return Err(Error::shape(
-            op,
-            format!("{what} must have shape [{len}], got {:?}", t.shape()),
-        ));
-    }
-    t.cuda_data()
 }
 
 impl CudaBackend {
@@ -183,15 +159,77 @@ impl CudaBackend {
         let mut out = self.output(rows * n)?;
         let beta = match bias {
             Some(b) => {
-                let row = vector_of_len("bias", "bias", b, n)?;
-                let total = (rows * n) as u64;
-                self.fill_rows(&mut out, row, n, total)?;
+                shapes::vector("matmul", "bias", b, n)?;
+                self.fill_rows(&mut out, b.cuda_data()?, n, (rows * n) as u64)?;
                 1.0
             }
             None => 0.0,
         };
         self.gemm(rows, n, k, x, 0, w.cuda_data()?, &mut out, 0, beta)?;
         Ok(out)
+    }
+
+    /// A general convolution: im2col patches (in bounded pieces, so a large input
+    /// never needs more than one such buffer), each multiplied by the weight matrix.
+    fn im2col_conv(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Conv2dGeometry,
+        d: &ConvDims,
+    ) -> Result<Tensor> {
+        let (rows, k, cout) = (d.rows(), d.patch_len(), d.out_channels);
+        let rows_per_chunk = (IM2COL_CHUNK_FLOATS / k).clamp(1, rows);
+        let mut patches = self.output(rows_per_chunk * k)?;
+        let mut out = self.output(rows * cout)?;
+        if let Some(b) = bias {
+            self.fill_rows(&mut out, b.cuda_data()?, cout, (rows * cout) as u64)?;
+        }
+        let im2col = self.function(&CONV, Vec::new(), "im2col_f32")?;
+        let dims = [
+            d.height,
+            d.width,
+            d.in_channels,
+            d.kernel_h,
+            d.kernel_w,
+            g.stride,
+            g.pad_top,
+            g.pad_left,
+            d.out_height,
+            d.out_width,
+        ]
+        .map(|v| v as u32);
+        let mut first = 0usize;
+        while first < rows {
+            let count = rows_per_chunk.min(rows - first);
+            let total = (count * k) as u64;
+            let first_pixel = first as u64;
+            {
+                let mut l = self.device.stream().launch_builder(&im2col);
+                l.arg(&mut patches).arg(x.cuda_data()?);
+                for v in &dims {
+                    l.arg(v);
+                }
+                l.arg(&first_pixel).arg(&total);
+                // SAFETY: patches holds ≥ count·k floats; x holds n·h·w·c_in; indices are bounded by the dims.
+                drv("launching im2col_f32", unsafe { l.launch(grid_for(total)) })?;
+            }
+            let beta = if bias.is_some() { 1.0 } else { 0.0 };
+            self.gemm(
+                count,
+                cout,
+                k,
+                &patches,
+                0,
+                weight.cuda_data()?,
+                &mut out,
+                first * cout,
+                beta,
+            )?;
+            first += count;
+        }
+        Tensor::from_cuda(&d.out_shape(), out)
     }
 }
 
@@ -229,109 +267,23 @@ impl Backend for CudaBackend {
         bias: Option<&Tensor>,
         g: &Conv2dGeometry,
     ) -> Result<Tensor> {
-        let (n, h, w, cin) = x.dims4("conv2d")?;
-        let (kh, kw, wcin, cout) = match weight.shape()[..] {
-            [kh, kw, ci, co] => (kh, kw, ci, co),
-            _ => {
-                return Err(Error::shape(
-                    "conv2d",
-                    format!(
-                        "weight must be [kh, kw, c_in, c_out], got {:?}",
-                        weight.shape()
-                    ),
-                ))
-            }
-        };
-        if wcin != cin {
-            return Err(Error::shape(
-                "conv2d",
-                format!("input has {cin} channels, weight expects {wcin}"),
-            ));
-        }
-        let (oh, ow) = g.output_size(h, w, kh, kw).ok_or_else(|| {
-            Error::shape(
-                "conv2d",
-                format!("{kh}×{kw} kernel does not fit a {h}×{w} input with {g:?}"),
-            )
-        })?;
-        let rows = n * oh * ow;
-        let k = kh * kw * cin;
-        if rows == 0 || k == 0 || cout == 0 {
-            return Err(Error::shape(
-                "conv2d",
-                format!(
-                    "empty convolution: input {:?}, weight {:?}",
-                    x.shape(),
-                    weight.shape()
-                ),
-            ));
-        }
-        let pointwise = kh == 1
-            && kw == 1
+        let d = shapes::conv2d(x, weight, bias, g)?;
+        let (rows, k) = (d.rows(), d.patch_len());
+        let pointwise = d.kernel_h == 1
+            && d.kernel_w == 1
             && g.stride == 1
             && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
         if pointwise {
             let out = self.matmul_bias(x.cuda_data()?, rows, k, weight, bias)?;
-            return Tensor::from_cuda(&[n, oh, ow, cout], out);
+            return Tensor::from_cuda(&d.out_shape(), out);
         }
-        // Patches in pieces, so a large input never needs more than one bounded buffer.
-        let rows_per_chunk = (IM2COL_CHUNK_FLOATS / k).clamp(1, rows);
-        let mut patches = self.output(rows_per_chunk * k)?;
-        let mut out = self.output(rows * cout)?;
-        if let Some(b) = bias {
-            let row = vector_of_len("conv2d", "bias", b, cout)?;
-            self.fill_rows(&mut out, row, cout, (rows * cout) as u64)?;
-        }
-        let im2col = self.function(&CONV, Vec::new(), "im2col_f32")?;
-        let dims = [h, w, cin, kh, kw, g.stride, g.pad_top, g.pad_left, oh, ow].map(|v| v as u32);
-        let mut first = 0usize;
-        while first < rows {
-            let count = rows_per_chunk.min(rows - first);
-            let total = (count * k) as u64;
-            let first_pixel = first as u64;
-            {
-                let mut l = self.device.stream().launch_builder(&im2col);
-                l.arg(&mut patches).arg(x.cuda_data()?);
-                for d in &dims {
-                    l.arg(d);
-                }
-                l.arg(&first_pixel).arg(&total);
-                // SAFETY: patches holds ≥ count·k floats; x holds n·h·w·cin; indices are bounded by the dims.
-                drv("launching im2col_f32", unsafe { l.launch(grid_for(total)) })?;
-            }
-            self.gemm(
-                count,
-                cout,
-                k,
-                &patches,
-                0,
-                weight.cuda_data()?,
-                &mut out,
-                first * cout,
-                if bias.is_some() { 1.0 } else { 0.0 },
-            )?;
-            first += count;
-        }
-        Tensor::from_cuda(&[n, oh, ow, cout], out)
+        self.im2col_conv(x, weight, bias, g, &d)
     }
 
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let (rows, k) = x.rows_cols("linear")?;
-        match weight.shape()[..] {
-            [wk, _] if wk == k => {}
-            _ => {
-                return Err(Error::shape(
-                    "linear",
-                    format!("input has {k} features, weight is {:?}", weight.shape()),
-                ))
-            }
-        }
+        let (rows, k, n) = shapes::linear(x, weight, bias)?;
         let out = self.matmul_bias(x.cuda_data()?, rows, k, weight, bias)?;
-        let mut shape = x.shape().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = weight.shape()[1];
-        }
-        Tensor::from_cuda(&shape, out)
+        Tensor::from_cuda(&shapes::with_last_dim(x.shape(), n), out)
     }
 
     fn group_norm(
@@ -343,15 +295,7 @@ impl Backend for CudaBackend {
         eps: f32,
         silu: bool,
     ) -> Result<Tensor> {
-        let (n, h, w, c) = x.dims4("group_norm")?;
-        if groups == 0 || c % groups != 0 {
-            return Err(Error::shape(
-                "group_norm",
-                format!("{c} channels cannot be split into {groups} groups"),
-            ));
-        }
-        let gamma = vector_of_len("group_norm", "gamma", gamma, c)?;
-        let beta = vector_of_len("group_norm", "beta", beta, c)?;
+        let (n, h, w, c) = shapes::group_norm(x, groups, gamma, beta)?;
         let stream = self.device.stream();
         let mut affine = self.output(n * 2 * c)?;
         let stats = self.function(&NORM, Vec::new(), "group_norm_affine_f32")?;
@@ -359,8 +303,8 @@ impl Backend for CudaBackend {
         let mut l = stream.launch_builder(&stats);
         l.arg(&mut affine)
             .arg(x.cuda_data()?)
-            .arg(gamma)
-            .arg(beta)
+            .arg(gamma.cuda_data()?)
+            .arg(beta.cuda_data()?)
             .arg(&pixels)
             .arg(&c32)
             .arg(&g32)
@@ -393,17 +337,15 @@ impl Backend for CudaBackend {
     }
 
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        let (rows, c) = x.rows_cols("layer_norm")?;
-        let gamma = vector_of_len("layer_norm", "gamma", gamma, c)?;
-        let beta = vector_of_len("layer_norm", "beta", beta, c)?;
+        let (rows, c) = shapes::layer_norm(x, gamma, beta)?;
         let mut out = self.output(x.len())?;
         let f = self.function(&NORM, Vec::new(), "layer_norm_f32")?;
         let (cols, rows64) = (c as u32, rows as u64);
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut out)
             .arg(x.cuda_data()?)
-            .arg(gamma)
-            .arg(beta)
+            .arg(gamma.cuda_data()?)
+            .arg(beta.cuda_data()?)
             .arg(&cols)
             .arg(&rows64)
             .arg(&eps);
@@ -419,36 +361,16 @@ impl Backend for CudaBackend {
     }
 
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, lq, width) = match q.shape()[..] {
-            [b, l, w] => (b, l, w),
-            _ => {
-                return Err(Error::shape(
-                    "attention",
-                    format!("q must be [b, l, heads·d], got {:?}", q.shape()),
-                ))
-            }
-        };
-        let lk = match k.shape()[..] {
-            [kb, l, kw] if kb == b && kw == width && l > 0 => l,
-            _ => {
-                return Err(Error::shape(
-                    "attention",
-                    format!("k {:?} does not match q {:?}", k.shape(), q.shape()),
-                ))
-            }
-        };
-        same_shape("attention (k vs v)", k, v)?;
-        if heads == 0 || width % heads != 0 {
-            return Err(Error::shape(
-                "attention",
-                format!("width {width} is not divisible by {heads} heads"),
-            ));
-        }
-        let head_dim = width / heads;
-        let f = self.function(&ATTENTION, head_dim_define(head_dim), "attention_f32")?;
+        let d = shapes::attention(q, k, v, heads)?;
+        let f = self.function(&ATTENTION, head_dim_define(d.head_dim), "attention_f32")?;
         let mut out = self.output(q.len())?;
-        let (b32, lq32, lk32, h32) = (b as u32, lq as u32, lk as u32, heads as u32);
-        let scale = 1.0 / (head_dim as f32).sqrt();
+        let (b32, lq32, lk32, h32) = (
+            d.batch as u32,
+            d.q_len as u32,
+            d.kv_len as u32,
+            d.heads as u32,
+        );
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut out)
             .arg(q.cuda_data()?)
@@ -459,42 +381,28 @@ impl Backend for CudaBackend {
             .arg(&lk32)
             .arg(&h32)
             .arg(&scale);
-        let warps = (b * heads * lq) as u64;
+        let warps = (d.batch * d.heads * d.q_len) as u64;
         let cfg = LaunchConfig {
             grid_dim: (warps.div_ceil(4) as u32, 1, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: one warp per (batch, head, query); buffers match the shapes checked above.
+        // SAFETY: one warp per (batch, head, query); buffers match the checked shapes.
         drv("launching attention_f32", unsafe { l.launch(cfg) })?;
         Tensor::from_cuda(q.shape(), out)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, cols) = x.rows_cols("geglu")?;
-        if cols % 2 != 0 {
-            return Err(Error::shape(
-                "geglu",
-                format!("last dimension {cols} is odd"),
-            ));
-        }
-        let half = cols / 2;
+        let (rows, half) = shapes::geglu(x)?;
         let total = (rows * half) as u64;
         let mut out = self.output(rows * half)?;
         let f = self.function(&ELEMENTWISE, Vec::new(), "geglu_f32")?;
-        let f32_half = half as u32;
+        let half32 = half as u32;
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(&mut out)
-            .arg(x.cuda_data()?)
-            .arg(&f32_half)
-            .arg(&total);
+        l.arg(&mut out).arg(x.cuda_data()?).arg(&half32).arg(&total);
         // SAFETY: out holds rows·half floats, x rows·2·half.
         drv("launching geglu_f32", unsafe { l.launch(grid_for(total)) })?;
-        let mut shape = x.shape().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = half;
-        }
-        Tensor::from_cuda(&shape, out)
+        Tensor::from_cuda(&shapes::with_last_dim(x.shape(), half), out)
     }
 
     fn silu_assign(&self, x: &mut Tensor) -> Result<()> {
@@ -507,7 +415,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()> {
-        same_shape("add", x, y)?;
+        shapes::same_shape("add", x, y)?;
         let total = x.len() as u64;
         let f = self.function(&ELEMENTWISE, Vec::new(), "add_scaled_f32")?;
         let mut l = self.device.stream().launch_builder(&f);
@@ -523,13 +431,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
-        let (n, h, w, c) = x.dims4("add_channel_bias")?;
-        if bias.shape() != [n, c] {
-            return Err(Error::shape(
-                "add_channel_bias",
-                format!("bias must be [{n}, {c}], got {:?}", bias.shape()),
-            ));
-        }
+        let (_, h, w, c) = shapes::channel_bias(x, bias)?;
         let total = x.len() as u64;
         let per_sample = (h * w * c) as u64;
         let c32 = c as u32;
@@ -548,10 +450,7 @@ impl Backend for CudaBackend {
     }
 
     fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-        let (n, h, w, c) = x.dims4("upsample_nearest")?;
-        if h == 0 || w == 0 {
-            return Err(Error::shape("upsample_nearest", "empty input"));
-        }
+        let (n, h, w, c) = shapes::upsample(x)?;
         let total = (n * out_h * out_w * c) as u64;
         let mut out = self.output(total as usize)?;
         let f = self.function(&ELEMENTWISE, Vec::new(), "upsample_nearest_f32")?;
@@ -570,14 +469,7 @@ impl Backend for CudaBackend {
     }
 
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let (n, h, w, ca) = a.dims4("concat_channels")?;
-        let (bn, bh, bw, cb) = b.dims4("concat_channels")?;
-        if (n, h, w) != (bn, bh, bw) {
-            return Err(Error::shape(
-                "concat_channels",
-                format!("{:?} vs {:?}", a.shape(), b.shape()),
-            ));
-        }
+        let (n, h, w, ca, cb) = shapes::concat(a, b)?;
         let total = (n * h * w * (ca + cb)) as u64;
         let mut out = self.output(total as usize)?;
         let f = self.function(&ELEMENTWISE, Vec::new(), "concat_channels_f32")?;
