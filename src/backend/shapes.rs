@@ -65,6 +65,18 @@ pub struct AttentionDims {
     pub head_dim: usize,
 }
 
+/// Ops refuse tensors with a zero-sized dimension: no model produces them, and
+/// refusing them keeps every kernel free of empty-work special cases.
+fn non_empty(op: &str, t: &Tensor) -> Result<()> {
+    if t.shape().contains(&0) {
+        return Err(Error::shape(
+            op,
+            format!("empty tensor of shape {:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
 pub fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
         return Err(Error::shape(
@@ -184,6 +196,7 @@ pub fn group_norm(
     beta: &Tensor,
 ) -> Result<(usize, usize, usize, usize)> {
     let dims = x.dims4("group_norm")?;
+    non_empty("group_norm", x)?;
     let c = dims.3;
     if groups == 0 || c % groups != 0 {
         return Err(Error::shape(
@@ -199,12 +212,14 @@ pub fn group_norm(
 /// Returns (rows, features).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize)> {
     let (rows, c) = x.rows_cols("layer_norm")?;
+    non_empty("layer_norm", x)?;
     vector("layer_norm", "gamma", gamma, c)?;
     vector("layer_norm", "beta", beta, c)?;
     Ok((rows, c))
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<AttentionDims> {
+    non_empty("attention", q)?;
     let (batch, q_len, width) = match q.shape()[..] {
         [b, l, w] => (b, l, w),
         _ => {
@@ -245,6 +260,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Att
 /// Returns (rows, half of the last dimension).
 pub fn geglu(x: &Tensor) -> Result<(usize, usize)> {
     let (rows, cols) = x.rows_cols("geglu")?;
+    non_empty("geglu", x)?;
     if cols % 2 != 0 {
         return Err(Error::shape(
             "geglu",
@@ -256,6 +272,7 @@ pub fn geglu(x: &Tensor) -> Result<(usize, usize)> {
 
 pub fn channel_bias(x: &Tensor, bias: &Tensor) -> Result<(usize, usize, usize, usize)> {
     let (n, h, w, c) = x.dims4("add_channel_bias")?;
+    non_empty("add_channel_bias", x)?;
     if bias.shape() != [n, c] {
         return Err(Error::shape(
             "add_channel_bias",
@@ -265,10 +282,14 @@ pub fn channel_bias(x: &Tensor, bias: &Tensor) -> Result<(usize, usize, usize, u
     Ok((n, h, w, c))
 }
 
-pub fn upsample(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+pub fn upsample(x: &Tensor, out_h: usize, out_w: usize) -> Result<(usize, usize, usize, usize)> {
     let dims = x.dims4("upsample_nearest")?;
-    if dims.1 == 0 || dims.2 == 0 {
-        return Err(Error::shape("upsample_nearest", "empty input"));
+    non_empty("upsample_nearest", x)?;
+    if out_h == 0 || out_w == 0 {
+        return Err(Error::shape(
+            "upsample_nearest",
+            format!("empty output size {out_h}×{out_w}"),
+        ));
     }
     Ok(dims)
 }
@@ -277,6 +298,8 @@ pub fn upsample(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
 pub fn concat(a: &Tensor, b: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
     let (n, h, w, ca) = a.dims4("concat_channels")?;
     let (bn, bh, bw, cb) = b.dims4("concat_channels")?;
+    non_empty("concat_channels", a)?;
+    non_empty("concat_channels", b)?;
     if (n, h, w) != (bn, bh, bw) {
         return Err(Error::shape(
             "concat_channels",

@@ -120,7 +120,7 @@ impl Backend for CpuBackend {
     }
 
     fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-        let dims = shapes::upsample(x)?;
+        let dims = shapes::upsample(x, out_h, out_w)?;
         let out = elementwise::upsample_nearest(x.cpu_data()?, dims, out_h, out_w);
         Tensor::from_vec(&[dims.0, out_h, out_w, dims.3], out)
     }

@@ -450,7 +450,7 @@ impl Backend for CudaBackend {
     }
 
     fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-        let (n, h, w, c) = shapes::upsample(x)?;
+        let (n, h, w, c) = shapes::upsample(x, out_h, out_w)?;
         let total = (n * out_h * out_w * c) as u64;
         let mut out = self.output(total as usize)?;
         let f = self.function(&ELEMENTWISE, Vec::new(), "upsample_nearest_f32")?;

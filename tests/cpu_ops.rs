@@ -1,0 +1,255 @@
+//! The CPU backend's ops against direct, hand-written f64 references on random inputs
+//! (including geometries no fixture model exercises: asymmetric padding, odd sizes,
+//! non-integer resize ratios), and refusal of malformed or empty inputs.
+
+mod common;
+
+use common::rel_l2;
+use diffsteer::backend::{Backend, Conv2dGeometry};
+use diffsteer::rng::{normal_vec, NoiseStream};
+use diffsteer::tensor::Tensor;
+use diffsteer::CpuBackend;
+
+fn random(shape: &[usize], seed: u64) -> (Vec<usize>, Vec<f32>) {
+    (
+        shape.to_vec(),
+        normal_vec(seed, NoiseStream::Custom(1 << 43), shape.iter().product()),
+    )
+}
+
+fn tensor(b: &CpuBackend, (shape, data): &(Vec<usize>, Vec<f32>)) -> Tensor {
+    b.tensor(shape, data.clone()).expect("tensor")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn naive_conv(
+    x: &[f32],
+    (n, h, w, cin): (usize, usize, usize, usize),
+    wt: &[f32],
+    (kh, kw, cout): (usize, usize, usize),
+    bias: &[f32],
+    g: &Conv2dGeometry,
+) -> Vec<f32> {
+    let (oh, ow) = g.output_size(h, w, kh, kw).expect("fits");
+    let mut out = vec![0f32; n * oh * ow * cout];
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for co in 0..cout {
+                    let mut acc = bias[co] as f64;
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+                            let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            for ci in 0..cin {
+                                let xv =
+                                    x[((b * h + iy as usize) * w + ix as usize) * cin + ci] as f64;
+                                acc += xv * wt[((ky * kw + kx) * cin + ci) * cout + co] as f64;
+                            }
+                        }
+                    }
+                    out[((b * oh + oy) * ow + ox) * cout + co] = acc as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv2d_matches_a_direct_convolution_for_every_geometry() {
+    let b = CpuBackend::new();
+    let cases = [
+        ((2, 9, 7, 5), (3, 3, 6), Conv2dGeometry::symmetric(1, 1)),
+        ((2, 9, 7, 5), (3, 3, 4), Conv2dGeometry::symmetric(2, 1)),
+        (
+            (1, 9, 7, 3),
+            (3, 3, 4),
+            Conv2dGeometry {
+                stride: 2,
+                pad_top: 0,
+                pad_bottom: 1,
+                pad_left: 0,
+                pad_right: 1,
+            },
+        ),
+        ((3, 4, 5, 8), (1, 1, 3), Conv2dGeometry::symmetric(1, 0)),
+        ((1, 6, 6, 2), (5, 5, 3), Conv2dGeometry::symmetric(1, 2)),
+    ];
+    for (i, (xd, (kh, kw, cout), g)) in cases.into_iter().enumerate() {
+        let x = random(&[xd.0, xd.1, xd.2, xd.3], 10 + i as u64);
+        let w = random(&[kh, kw, xd.3, cout], 20 + i as u64);
+        let bias = random(&[cout], 30 + i as u64);
+        let out = b
+            .conv2d(
+                &tensor(&b, &x),
+                &tensor(&b, &w),
+                Some(&tensor(&b, &bias)),
+                &g,
+            )
+            .expect("conv");
+        let reference = naive_conv(&x.1, xd, &w.1, (kh, kw, cout), &bias.1, &g);
+        let (oh, ow) = g.output_size(xd.1, xd.2, kh, kw).expect("fits");
+        assert_eq!(out.shape(), [xd.0, oh, ow, cout]);
+        let err = rel_l2(&b.to_host(&out).expect("host"), &reference);
+        assert!(err < 1e-6, "case {i}: relative L2 {err:e}");
+    }
+}
+
+#[test]
+fn upsample_uses_pytorch_nearest_indices() {
+    let b = CpuBackend::new();
+    let x = random(&[1, 3, 5, 2], 40);
+    let out = b
+        .to_host(
+            &b.upsample_nearest(&tensor(&b, &x), 7, 11)
+                .expect("upsample"),
+        )
+        .expect("host");
+    for oy in 0..7 {
+        for ox in 0..11 {
+            let iy = ((oy as f32 * (3.0 / 7.0)).floor() as usize).min(2);
+            let ix = ((ox as f32 * (5.0 / 11.0)).floor() as usize).min(4);
+            for c in 0..2 {
+                assert_eq!(out[(oy * 11 + ox) * 2 + c], x.1[(iy * 5 + ix) * 2 + c]);
+            }
+        }
+    }
+}
+
+#[test]
+fn group_norm_matches_per_group_statistics() {
+    let b = CpuBackend::new();
+    let (n, h, w, c, groups) = (2, 5, 3, 8, 4);
+    let mut x = random(&[n, h, w, c], 50);
+    // An offset several standard deviations large checks that the statistics keep
+    // their precision. (Like PyTorch's kernel, the normalisation is applied as
+    // x·a + b, which loses digits only when |mean| ≫ std, e.g. 1000×.)
+    x.1.iter_mut().for_each(|v| *v = 5.0 + *v);
+    let gamma = random(&[c], 51);
+    let beta = random(&[c], 52);
+    let out = b
+        .to_host(
+            &b.group_norm(
+                &tensor(&b, &x),
+                groups,
+                &tensor(&b, &gamma),
+                &tensor(&b, &beta),
+                1e-5,
+                true,
+            )
+            .expect("group norm"),
+        )
+        .expect("host");
+    let per = c / groups;
+    let mut reference = vec![0f32; x.1.len()];
+    for s in 0..n {
+        for g in 0..groups {
+            let vals: Vec<f64> = (0..h * w)
+                .flat_map(|p| (0..per).map(move |j| (p, g * per + j)))
+                .map(|(p, ch)| x.1[(s * h * w + p) * c + ch] as f64)
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            for p in 0..h * w {
+                for ch in g * per..(g + 1) * per {
+                    let i = (s * h * w + p) * c + ch;
+                    let y = (x.1[i] as f64 - mean) / (var + 1e-5).sqrt() * gamma.1[ch] as f64
+                        + beta.1[ch] as f64;
+                    reference[i] = (y / (1.0 + (-y).exp())) as f32;
+                }
+            }
+        }
+    }
+    let err = rel_l2(&out, &reference);
+    assert!(err < 1e-5, "relative L2 {err:e}");
+}
+
+#[test]
+fn attention_matches_softmax_attention() {
+    let b = CpuBackend::new();
+    let (batch, lq, lk, heads, d) = (2, 70, 9, 3, 5);
+    let q = random(&[batch, lq, heads * d], 60);
+    let k = random(&[batch, lk, heads * d], 61);
+    let v = random(&[batch, lk, heads * d], 62);
+    let out = b
+        .to_host(
+            &b.attention(&tensor(&b, &q), &tensor(&b, &k), &tensor(&b, &v), heads)
+                .expect("attention"),
+        )
+        .expect("host");
+    let w = heads * d;
+    let mut reference = vec![0f32; out.len()];
+    for bb in 0..batch {
+        for h in 0..heads {
+            for i in 0..lq {
+                let scores: Vec<f64> = (0..lk)
+                    .map(|j| {
+                        (0..d)
+                            .map(|e| {
+                                q.1[(bb * lq + i) * w + h * d + e] as f64
+                                    * k.1[(bb * lk + j) * w + h * d + e] as f64
+                            })
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for dd in 0..d {
+                    let o: f64 = (0..lk)
+                        .map(|j| e[j] / z * v.1[(bb * lk + j) * w + h * d + dd] as f64)
+                        .sum();
+                    reference[(bb * lq + i) * w + h * d + dd] = o as f32;
+                }
+            }
+        }
+    }
+    let err = rel_l2(&out, &reference);
+    assert!(err < 1e-6, "relative L2 {err:e}");
+}
+
+#[test]
+fn malformed_and_empty_inputs_are_errors_not_panics() {
+    let b = CpuBackend::new();
+    let x = tensor(&b, &random(&[1, 4, 4, 3], 70));
+    let empty = b.tensor(&[1, 0, 4, 3], Vec::new()).expect("empty tensor");
+    let gamma = tensor(&b, &random(&[3], 71));
+    let w_bad = tensor(&b, &random(&[3, 3, 2, 4], 72));
+    let errors = [
+        b.conv2d(&x, &w_bad, None, &Conv2dGeometry::symmetric(1, 1))
+            .err(),
+        b.conv2d(
+            &empty,
+            &tensor(&b, &random(&[3, 3, 3, 4], 73)),
+            None,
+            &Conv2dGeometry::symmetric(1, 1),
+        )
+        .err(),
+        b.group_norm(&x, 2, &gamma, &gamma, 1e-5, false).err(),
+        b.group_norm(&empty, 3, &gamma, &gamma, 1e-5, false).err(),
+        b.upsample_nearest(&x, 0, 8).err(),
+        b.upsample_nearest(&empty, 2, 2).err(),
+        b.concat_channels(&x, &empty).err(),
+        b.geglu(&tensor(&b, &random(&[2, 5], 74))).err(),
+        b.layer_norm(
+            &b.tensor(&[2, 0], Vec::new()).expect("t"),
+            &gamma,
+            &gamma,
+            1e-5,
+        )
+        .err(),
+        b.linear(&x, &tensor(&b, &random(&[4, 2], 75)), None).err(),
+    ];
+    for (i, e) in errors.iter().enumerate() {
+        let message = e
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| panic!("case {i} was accepted"));
+        assert!(message.contains("shape mismatch"), "case {i}: {message}");
+    }
+}
