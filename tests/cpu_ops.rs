@@ -128,7 +128,7 @@ fn group_norm_matches_per_group_statistics() {
     // An offset several standard deviations large checks that the statistics keep
     // their precision. (Like PyTorch's kernel, the normalisation is applied as
     // x·a + b, which loses digits only when |mean| ≫ std, e.g. 1000×.)
-    x.1.iter_mut().for_each(|v| *v = 5.0 + *v);
+    x.1.iter_mut().for_each(|v| *v += 5.0);
     let gamma = random(&[c], 51);
     let beta = random(&[c], 52);
     let out = b
