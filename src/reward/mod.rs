@@ -1,0 +1,87 @@
+//! Rewards: a per-sample score r(x₀) of a clean image and its gradient ∂r/∂x₀, both
+//! computed by hand-written backward passes. Reward guidance shifts each step's x₀
+//! estimate along the gradient; particle steering weights particles by the value.
+//!
+//! Samples are in the model's pixel space (for the digits model [-1, 1], -1 = black),
+//! channels-last, `n` samples back to back.
+
+pub mod classifier;
+pub mod ink;
+pub mod spec;
+pub mod sum;
+
+pub use classifier::{Classifier, ClassifierReward};
+pub use ink::InkReward;
+pub use spec::{parse_reward_spec, parse_reward_specs, RewardContext};
+pub use sum::WeightedSum;
+
+use crate::error::{Error, Result};
+
+/// The shape of ONE sample: height × width × channels, channels-last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleShape {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+impl SampleShape {
+    pub fn new(height: usize, width: usize, channels: usize) -> Self {
+        SampleShape {
+            height,
+            width,
+            channels,
+        }
+    }
+
+    /// Elements per sample.
+    pub fn len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many samples `data` holds; an error unless it is a whole, non-zero number.
+    pub fn count(&self, data: &[f32], what: &str) -> Result<usize> {
+        let per = self.len();
+        if per == 0 || data.is_empty() || data.len() % per != 0 {
+            return Err(Error::shape(
+                what,
+                format!(
+                    "{} values are not a whole number of {}×{}×{} samples",
+                    data.len(),
+                    self.height,
+                    self.width,
+                    self.channels
+                ),
+            ));
+        }
+        Ok(data.len() / per)
+    }
+}
+
+impl std::fmt::Display for SampleShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}×{}", self.height, self.width, self.channels)
+    }
+}
+
+/// A differentiable score of clean samples. Higher is better.
+pub trait Reward: Send + Sync {
+    /// The spec that names this reward, e.g. `classifier:3`.
+    fn name(&self) -> String;
+
+    /// Refuses a sample shape this reward cannot score, naming both shapes.
+    fn check_shape(&self, shape: SampleShape) -> Result<()>;
+
+    /// The reward of every sample in `x0` (`n × shape.len()` values). When `grad`
+    /// is given (same length as `x0`), ∂r/∂x₀ of each sample is written into it.
+    fn evaluate(
+        &self,
+        shape: SampleShape,
+        x0: &[f32],
+        grad: Option<&mut [f32]>,
+    ) -> Result<Vec<f32>>;
+}

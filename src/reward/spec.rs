@@ -1,0 +1,118 @@
+//! Reward specs as written on the command line: `NAME:ARG[@WEIGHT]`, e.g.
+//! `classifier:3`, `ink:0.2@0.5`. Parsing builds the rewards, loading the classifier
+//! at most once however many `classifier:` specs there are.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use super::classifier::{Classifier, ClassifierReward};
+use super::ink::InkReward;
+use super::sum::WeightedSum;
+use super::Reward;
+use crate::error::{Error, Result};
+
+/// Where the classifier the CLI uses by default lives (relative to the repository).
+pub const DEFAULT_CLASSIFIER_DIR: &str = "weights/digit-classifier";
+
+/// The accepted spec forms, for error messages and help texts.
+pub const REWARD_SPEC_FORMS: &str =
+    "classifier:D (log p(digit D), D a class of the classifier), ink:T (ink fraction T in [0, 1]), \
+     each optionally followed by @WEIGHT (default 1)";
+
+/// What building rewards from specs may need, loaded lazily: a run without a
+/// `classifier:` spec never touches the classifier folder.
+pub struct RewardContext {
+    pub classifier_dir: PathBuf,
+    classifier: OnceLock<Arc<Classifier>>,
+}
+
+impl RewardContext {
+    pub fn new(classifier_dir: impl Into<PathBuf>) -> Self {
+        RewardContext {
+            classifier_dir: classifier_dir.into(),
+            classifier: OnceLock::new(),
+        }
+    }
+
+    /// The classifier in `classifier_dir`, loaded on first use and shared after.
+    pub fn classifier(&self) -> Result<Arc<Classifier>> {
+        if let Some(c) = self.classifier.get() {
+            return Ok(c.clone());
+        }
+        let loaded = Arc::new(Classifier::load(&self.classifier_dir)?);
+        // If another thread won the race, use its copy (both are the same file).
+        Ok(self.classifier.get_or_init(|| loaded).clone())
+    }
+}
+
+impl Default for RewardContext {
+    fn default() -> Self {
+        RewardContext::new(DEFAULT_CLASSIFIER_DIR)
+    }
+}
+
+fn bad(spec: &str, message: impl std::fmt::Display) -> Error {
+    Error::invalid(
+        "reward",
+        format!("{spec:?}: {message} (accepted: {REWARD_SPEC_FORMS})"),
+    )
+}
+
+/// Parses one `NAME:ARG[@WEIGHT]` spec into its weight and reward.
+pub fn parse_reward_spec(spec: &str, ctx: &RewardContext) -> Result<(f32, Box<dyn Reward>)> {
+    let text = spec.trim();
+    let (body, weight) = match text.split_once('@') {
+        None => (text, 1.0),
+        Some((body, w)) => {
+            let weight: f32 = w
+                .trim()
+                .parse()
+                .map_err(|_| bad(spec, format!("weight {w:?} is not a number")))?;
+            if !weight.is_finite() {
+                return Err(bad(spec, format!("weight {w:?} is not a finite number")));
+            }
+            (body, weight)
+        }
+    };
+    let Some((name, arg)) = body.split_once(':') else {
+        return Err(bad(
+            spec,
+            "missing `:` between the reward name and its argument",
+        ));
+    };
+    let (name, arg) = (name.trim(), arg.trim());
+    let reward: Box<dyn Reward> = match name {
+        "classifier" => {
+            let class: usize = arg.parse().map_err(|_| {
+                bad(
+                    spec,
+                    format!("class {arg:?} is not a whole non-negative number"),
+                )
+            })?;
+            Box::new(ClassifierReward::new(ctx.classifier()?, class)?)
+        }
+        "ink" => {
+            let target: f32 = arg
+                .parse()
+                .map_err(|_| bad(spec, format!("ink target {arg:?} is not a number")))?;
+            if !(target.is_finite() && (0.0..=1.0).contains(&target)) {
+                return Err(bad(
+                    spec,
+                    format!("ink target {arg} is not a fraction in [0, 1]"),
+                ));
+            }
+            Box::new(InkReward::new(target)?)
+        }
+        other => return Err(bad(spec, format!("unknown reward {other:?}"))),
+    };
+    Ok((weight, reward))
+}
+
+/// Parses every spec (in order) into one weighted sum; an empty list is an error.
+pub fn parse_reward_specs(specs: &[String], ctx: &RewardContext) -> Result<WeightedSum> {
+    let terms = specs
+        .iter()
+        .map(|s| parse_reward_spec(s, ctx))
+        .collect::<Result<Vec<_>>>()?;
+    WeightedSum::new(terms)
+}
