@@ -29,9 +29,12 @@ pub mod guidance;
 pub mod image;
 pub mod json_fields;
 pub mod model;
+pub mod plot;
+pub mod reward;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod steer;
 pub mod tensor;
 
 pub use backend::cpu::CpuBackend;
@@ -41,6 +44,6 @@ pub use guidance::{Guidance, GuidanceInterval};
 pub use image::Image8;
 pub use model::{ModelFolder, UNet};
 pub use sampler::{
-    Condition, NoiseSource, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepProgress,
+    Alignment, Condition, NoiseSource, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepProgress,
 };
 pub use schedule::{ScheduleOptions, Scheduler, SchedulerConfig, SchedulerKind};

@@ -21,23 +21,71 @@ const PHILOX_M1: u32 = 0xCD9E_8D57;
 const PHILOX_W0: u32 = 0x9E37_79B9;
 const PHILOX_W1: u32 = 0xBB67_AE85;
 
-/// What a stream of random numbers is used for. The numeric value is the stream id.
+/// What a stream of random numbers is used for. The numeric value is the stream id:
+///
+/// | stream | id |
+/// |---|---|
+/// | `Initial` | 0 |
+/// | `Step(n)` | 1 + n |
+/// | `Renoise { step, repeat }` | 2^33 + repeat·2^32 + step (repeat < 1024) |
+/// | `Resample { step }` | 2^43 + step |
+/// | `RepeatedStep { step, repeat }` | 2^43 + 2^33 + repeat·2^32 + step (repeat < 1024) |
+/// | `Particle { particle, stream }` | stream + particle·2^44 (particle < 4096) |
+/// | `Custom(id)` | id; ids below 2^56 are the engine's |
+///
+/// Particle 0 draws the plain streams, so a single particle reproduces an
+/// unsteered run bit for bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoiseStream {
     /// The initial latent x_T.
     Initial,
     /// The fresh noise a stochastic scheduler adds at step `n` (0-based).
     Step(u32),
-    /// Anything else, by raw id (tests, selftest inputs). Ids below 2^33 are reserved.
+    /// The noise that takes x_{t-1} back to x_t before repeat `repeat` (1-based) of
+    /// step `step` under recurrence.
+    Renoise { step: u32, repeat: u32 },
+    /// The uniform draw of a particle population's resampling after step `step`.
+    Resample { step: u32 },
+    /// The scheduler's own fresh noise in repeat `repeat` (1-based) of step `step`
+    /// under recurrence (repeat 0 draws `Step(step)`).
+    RepeatedStep { step: u32, repeat: u32 },
+    /// Particle `particle`'s own copy of the engine stream with id `stream`.
+    Particle { particle: u32, stream: u64 },
+    /// Anything else, by raw id (tests, selftest inputs), from 2^56 up.
     Custom(u64),
 }
+
+/// Most repeats of one step under recurrence that have their own noise stream.
+pub const MAX_RENOISE_REPEATS: u32 = 1024;
+/// Most particles per sample that have their own noise streams.
+pub const MAX_PARTICLES: u32 = 4096;
 
 impl NoiseStream {
     pub fn id(self) -> u64 {
         match self {
             NoiseStream::Initial => 0,
             NoiseStream::Step(n) => 1 + n as u64,
+            NoiseStream::Renoise { step, repeat } => {
+                (1 << 33) + ((repeat as u64) << 32) + step as u64
+            }
+            NoiseStream::Resample { step } => (1 << 43) + step as u64,
+            NoiseStream::RepeatedStep { step, repeat } => {
+                (1 << 43) + (1 << 33) + ((repeat as u64) << 32) + step as u64
+            }
+            NoiseStream::Particle { particle, stream } => stream + ((particle as u64) << 44),
             NoiseStream::Custom(id) => id,
+        }
+    }
+
+    /// This stream as drawn by particle `particle` (itself for particle 0).
+    pub fn for_particle(self, particle: u32) -> NoiseStream {
+        if particle == 0 {
+            self
+        } else {
+            NoiseStream::Particle {
+                particle,
+                stream: self.id(),
+            }
         }
     }
 }
@@ -101,6 +149,22 @@ pub fn fill_normal(seed: u64, stream: NoiseStream, first_index: u64, out: &mut [
     }
 }
 
+/// Uniform number `index` in (0, 1) of `(seed, stream)`: the first Philox word of
+/// block `index`, as the normals use it.
+pub fn uniform(seed: u64, stream: NoiseStream, index: u64) -> f64 {
+    let stream = stream.id();
+    let w = philox4x32_10(
+        [
+            index as u32,
+            (index >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
+        [seed as u32, (seed >> 32) as u32],
+    );
+    uniform_open(w[0])
+}
+
 /// `len` standard normals of `(seed, stream)` starting at index 0.
 pub fn normal_vec(seed: u64, stream: NoiseStream, len: usize) -> Vec<f32> {
     let mut v = vec![0f32; len];
@@ -138,6 +202,37 @@ mod tests {
         let mut window = vec![0f32; 11];
         fill_normal(7, NoiseStream::Step(3), 13, &mut window);
         assert_eq!(&whole[13..24], &window[..]);
+    }
+
+    #[test]
+    fn stream_ids_are_distinct() {
+        let mut ids = vec![
+            NoiseStream::Initial.id(),
+            NoiseStream::Step(0).id(),
+            NoiseStream::Step(u32::MAX).id(),
+            NoiseStream::Renoise { step: 0, repeat: 1 }.id(),
+            NoiseStream::Renoise {
+                step: u32::MAX,
+                repeat: MAX_RENOISE_REPEATS - 1,
+            }
+            .id(),
+            NoiseStream::Resample { step: 0 }.id(),
+            NoiseStream::Resample { step: u32::MAX }.id(),
+            NoiseStream::RepeatedStep { step: 0, repeat: 1 }.id(),
+            NoiseStream::RepeatedStep {
+                step: u32::MAX,
+                repeat: MAX_RENOISE_REPEATS - 1,
+            }
+            .id(),
+            NoiseStream::Step(3).for_particle(1).id(),
+            NoiseStream::Initial.for_particle(MAX_PARTICLES - 1).id(),
+        ];
+        assert!(ids.iter().all(|&id| id < 1 << 56));
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+        assert_eq!(NoiseStream::Step(5).for_particle(0), NoiseStream::Step(5));
     }
 
     #[test]

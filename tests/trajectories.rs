@@ -42,7 +42,7 @@ impl NoiseSource for FixtureNoise {
                 .unwrap_or_else(|| {
                     panic!("the scheduler asked for noise at step {s}, but the fixture has none")
                 }),
-            NoiseStream::Custom(_) => panic!("unexpected noise stream"),
+            other => panic!("unexpected noise stream {other:?}"),
         };
         out.copy_from_slice(source);
         Ok(())

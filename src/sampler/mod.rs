@@ -4,14 +4,19 @@
 //! sample, then each sample's own scheduler step. Every setting is per sample, and a
 //! sample's result depends only on its own seed and settings.
 
-use std::time::{Duration, Instant};
+mod model_call;
+mod run;
+
+pub use run::Alignment;
+
+use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::guidance::cfg::{self, Guidance};
-use crate::model::{UNet, UNetInputs};
+use crate::guidance::cfg::Guidance;
+use crate::model::UNet;
 use crate::rng::{fill_normal, NoiseStream};
-use crate::schedule::{Scheduler, StepState};
+use crate::schedule::Scheduler;
 
 /// What a sample is conditioned on.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +77,10 @@ pub struct SampleOutput {
     pub width: usize,
     pub channels: usize,
     pub data: Vec<f32>,
+    /// The reward of `data`, when the run had one.
+    pub reward: Option<f32>,
+    /// Which of the sample's particles this is (0 without steering).
+    pub particle: usize,
 }
 
 pub struct Sampler<'a> {
@@ -84,7 +93,7 @@ pub struct Sampler<'a> {
 }
 
 /// How one sample enters the model call of one step.
-struct Rows {
+pub(crate) struct Rows {
     cond_label: Option<usize>,
     uncond_label: Option<usize>,
     uses_cfg: bool,
@@ -139,6 +148,15 @@ impl<'a> Sampler<'a> {
                 "the model has no class embedding",
             )),
         }
+    }
+
+    /// The size of the samples (the model's `sample_size` unless overridden).
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
     }
 
     /// Labels a user may ask for: every class except the null class.
@@ -213,172 +231,13 @@ impl<'a> Sampler<'a> {
         spec.guidance.validate()?;
         Ok(rows)
     }
-
-    /// Generates every sample of `specs` in one batch.
-    pub fn sample(
-        &self,
-        specs: &[SampleSpec],
-        noise: &dyn NoiseSource,
-        progress: &mut dyn FnMut(StepProgress),
-    ) -> Result<Vec<SampleOutput>> {
-        if specs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<Rows> = specs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| self.rows_for(s, i))
-            .collect::<Result<_>>()?;
-        let tokens: Option<usize> = match specs.first().map(|s| &s.condition) {
-            Some(Condition::Embedding { tokens, .. }) => Some(*tokens),
-            _ => None,
-        };
-        if let Some(t) = tokens {
-            if specs.iter().any(
-                |s| !matches!(&s.condition, Condition::Embedding { tokens, .. } if *tokens == t),
-            ) {
-                return Err(Error::invalid(
-                    "condition",
-                    "all samples of one batch need embeddings with the same token count",
-                ));
-            }
-        }
-
-        let channels = self.unet.config().in_channels;
-        let per_sample = self.height * self.width * channels;
-        let sched = self.scheduler;
-        let steps = sched.num_steps();
-        let started = Instant::now();
-
-        let mut latents: Vec<Vec<f32>> = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
-            let mut x = vec![0f32; per_sample];
-            noise.fill(i, spec.seed, NoiseStream::Initial, &mut x)?;
-            let sigma = sched.init_noise_sigma();
-            x.iter_mut().for_each(|v| *v *= sigma);
-            latents.push(x);
-        }
-        let mut states: Vec<StepState> = specs.iter().map(|_| sched.new_state()).collect();
-        let mut next = vec![0f32; per_sample];
-        let mut guided = vec![0f32; per_sample];
-        let mut step_noise = vec![0f32; per_sample];
-
-        for step in 0..steps {
-            let timestep = sched.timestep(step);
-            let scale = sched.input_scale(step);
-            // Batch layout: unconditional rows of CFG-active samples, then one
-            // conditional row per sample.
-            let cfg_samples: Vec<usize> = (0..specs.len())
-                .filter(|&i| rows[i].uses_cfg && specs[i].guidance.active_at(step))
-                .collect();
-            let order: Vec<(usize, bool)> = cfg_samples
-                .iter()
-                .map(|&i| (i, false))
-                .chain((0..specs.len()).map(|i| (i, true)))
-                .collect();
-            let batch = order.len();
-
-            let mut input = Vec::with_capacity(batch * per_sample);
-            for &(i, _) in &order {
-                input.extend(latents[i].iter().map(|v| v * scale));
-            }
-            let labels: Option<Vec<usize>> = self.unet.num_classes().map(|_| {
-                order
-                    .iter()
-                    .map(|&(i, cond)| {
-                        let r = &rows[i];
-                        if cond { r.cond_label } else { r.uncond_label }.unwrap_or(0)
-                    })
-                    .collect()
-            });
-            let encoder = match tokens {
-                Some(t) => {
-                    let mut states = Vec::new();
-                    for &(i, cond) in &order {
-                        if let Condition::Embedding {
-                            cond: c, uncond: u, ..
-                        } = &specs[i].condition
-                        {
-                            states.extend_from_slice(if cond { c } else { u });
-                        }
-                    }
-                    let dim = states.len() / (batch * t);
-                    Some(self.backend.tensor(&[batch, t, dim], states)?)
-                }
-                None => None,
-            };
-            let x = self
-                .backend
-                .tensor(&[batch, self.height, self.width, channels], input)?;
-            let timesteps = vec![timestep; batch];
-            let out = self.unet.forward(
-                self.backend,
-                &x,
-                &UNetInputs {
-                    timesteps: &timesteps,
-                    class_labels: labels.as_deref(),
-                    encoder_hidden_states: encoder.as_ref(),
-                },
-            )?;
-            let out = self.backend.to_host(&out)?;
-            let row = |r: usize| &out[r * per_sample..(r + 1) * per_sample];
-
-            for (i, spec) in specs.iter().enumerate() {
-                let cond = row(cfg_samples.len() + i);
-                let prediction: &[f32] = match cfg_samples.iter().position(|&c| c == i) {
-                    Some(u) => {
-                        cfg::combine(row(u), cond, spec.guidance.scale, &mut guided);
-                        cfg::rescale(&mut guided, cond, spec.guidance.rescale);
-                        &guided
-                    }
-                    None => cond,
-                };
-                check_finite(prediction, "model output", i, step, timestep)?;
-                let noise_arg = if sched.needs_noise(step) {
-                    noise.fill(
-                        i,
-                        spec.seed,
-                        NoiseStream::Step(step as u32),
-                        &mut step_noise,
-                    )?;
-                    Some(&step_noise[..])
-                } else {
-                    None
-                };
-                sched.step(
-                    step,
-                    &mut states[i],
-                    &latents[i],
-                    prediction,
-                    noise_arg,
-                    &mut next,
-                )?;
-                check_finite(&next, "scheduler output", i, step, timestep)?;
-                std::mem::swap(&mut latents[i], &mut next);
-            }
-            progress(StepProgress {
-                step: step + 1,
-                total: steps,
-                elapsed: started.elapsed(),
-            });
-        }
-
-        Ok(latents
-            .into_iter()
-            .map(|data| SampleOutput {
-                height: self.height,
-                width: self.width,
-                channels,
-                data,
-            })
-            .collect())
-    }
 }
 
-fn check_finite(
+/// An error naming `whose` values (e.g. "the model output of sample 3") unless all
+/// are finite.
+pub(crate) fn check_finite(
     values: &[f32],
-    what: &str,
-    sample: usize,
+    whose: &dyn Fn() -> String,
     step: usize,
     timestep: f32,
 ) -> Result<()> {
@@ -386,7 +245,7 @@ fn check_finite(
         return Ok(());
     }
     Err(Error::NonFinite {
-        what: format!("the {what} of sample {sample}"),
+        what: whose(),
         step,
         timestep: timestep as f64,
     })

@@ -86,6 +86,20 @@ impl Scheduler for Ddim {
         1.0
     }
 
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    fn alpha_bar(&self, step: usize) -> f32 {
+        self.alphas_cumprod[self.timesteps[step]]
+    }
+
+    fn alpha_bar_after(&self, step: usize) -> f32 {
+        self.timesteps[step]
+            .checked_sub(self.step_ratio)
+            .map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p])
+    }
+
     fn needs_noise(&self, _step: usize) -> bool {
         self.eta > 0.0
     }

@@ -125,6 +125,18 @@ impl Scheduler for Ddpm {
         1.0
     }
 
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    fn alpha_bar(&self, step: usize) -> f32 {
+        self.alphas_cumprod[self.timesteps[step]]
+    }
+
+    fn alpha_bar_after(&self, step: usize) -> f32 {
+        self.prev_timesteps[step].map_or(1.0, |p| self.alphas_cumprod[p])
+    }
+
     fn needs_noise(&self, step: usize) -> bool {
         self.timesteps[step] > 0
     }

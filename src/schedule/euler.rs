@@ -7,8 +7,8 @@ use super::betas::{
 };
 use super::config::SchedulerConfig;
 use super::{
-    check_num_steps, check_step_args, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
-    StepState,
+    alpha_bar_of_sigma, check_num_steps, check_step_args, PredictionType, ScheduleOptions,
+    Scheduler, SchedulerKind, StepState,
 };
 use crate::error::Result;
 
@@ -195,6 +195,22 @@ impl Scheduler for Euler {
     fn input_scale(&self, step: usize) -> f32 {
         let sigma = self.sigmas[step];
         1.0 / (sigma * sigma + 1.0).sqrt()
+    }
+
+    fn input_scale_after(&self, step: usize) -> f32 {
+        self.input_scale(step + 1)
+    }
+
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    fn alpha_bar(&self, step: usize) -> f32 {
+        alpha_bar_of_sigma(self.sigmas[step])
+    }
+
+    fn alpha_bar_after(&self, step: usize) -> f32 {
+        alpha_bar_of_sigma(self.sigmas[step + 1])
     }
 
     fn sigmas(&self) -> Option<&[f32]> {

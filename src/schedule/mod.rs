@@ -164,6 +164,18 @@ pub trait Scheduler: Send + Sync {
     fn sigmas(&self) -> Option<&[f32]> {
         None
     }
+    /// What the model output means.
+    fn prediction_type(&self) -> PredictionType;
+    /// ᾱ of the noise level the model sees at `step`: the model input
+    /// x_t × [`Scheduler::input_scale`] is √ᾱ·x₀ + √(1−ᾱ)·ε.
+    fn alpha_bar(&self, step: usize) -> f32;
+    /// ᾱ of the noise level `step` lands on (1 when it returns a clean sample).
+    fn alpha_bar_after(&self, step: usize) -> f32;
+    /// What `step`'s result is multiplied by to be √ᾱ·x₀ + √(1−ᾱ)·ε at the level it
+    /// lands on (1 for the variance-preserving schedulers, 1/√(σ²+1) for Euler's).
+    fn input_scale_after(&self, _step: usize) -> f32 {
+        1.0
+    }
     /// Whether `step` consumes fresh Gaussian noise (same shape as the sample).
     fn needs_noise(&self, step: usize) -> bool;
     fn new_state(&self) -> StepState {
@@ -303,6 +315,12 @@ pub(crate) fn check_step_args(
         )),
         _ => Ok(()),
     }
+}
+
+/// ᾱ of the noise level σ of the schedulers that work in σ = √((1−ᾱ)/ᾱ).
+#[inline]
+pub(crate) fn alpha_bar_of_sigma(sigma: f32) -> f32 {
+    1.0 / (sigma * sigma + 1.0)
 }
 
 /// The x0 prediction of the variance-preserving schedulers (DDPM, DDIM) from

@@ -109,7 +109,7 @@ impl Inputs {
             .map(|(i, s)| {
                 normal_vec(
                     seed + i as u64,
-                    NoiseStream::Custom(1 << 41),
+                    NoiseStream::Custom(1 << 57),
                     s.iter().product(),
                 )
             })
@@ -261,11 +261,11 @@ fn sgemm_ceiling(gpu: &CudaBackend) -> Result<CheckResult> {
     let stream = gpu.device().stream();
     let a = drv(
         "upload",
-        stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 41), n * n)),
+        stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 57), n * n)),
     )?;
     let b = drv(
         "upload",
-        stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 41), n * n)),
+        stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 57), n * n)),
     )?;
     let mut c = drv("alloc", stream.alloc_zeros::<f32>(n * n))?;
     let cfg = GemmConfig {
@@ -475,7 +475,7 @@ fn unet_check(cpu: &CpuBackend, gpu: &CudaBackend, dir: &Path) -> Result<CheckRe
     let (h, w) = config.sample_size.unwrap_or((32, 32));
     let batch = 4;
     let shape = [batch, h, w, config.in_channels];
-    let x = normal_vec(1000, NoiseStream::Custom(1 << 41), shape.iter().product());
+    let x = normal_vec(1000, NoiseStream::Custom(1 << 57), shape.iter().product());
     let timesteps: Vec<f32> = vec![999.0, 640.5, 250.0, 3.0];
     let labels: Option<Vec<usize>> = on_cpu
         .num_classes()
@@ -483,7 +483,7 @@ fn unet_check(cpu: &CpuBackend, gpu: &CudaBackend, dir: &Path) -> Result<CheckRe
     let states = config.cross_attention_dim.map(|d| {
         (
             vec![batch, 7, d],
-            normal_vec(1001, NoiseStream::Custom(1 << 41), batch * 7 * d),
+            normal_vec(1001, NoiseStream::Custom(1 << 57), batch * 7 * d),
         )
     });
     let run = |b: &dyn Backend, unet: &crate::model::UNet| -> Result<(Vec<f32>, f64)> {

@@ -1,0 +1,145 @@
+//! One denoising step's model call: a single batched U-Net forward over
+//! `[uncond rows of CFG-active samples ; one cond row per slot]`, then CFG per slot.
+//! A slot is one particle of one requested sample.
+
+use super::{check_finite, Condition, Rows, SampleSpec, Sampler};
+use crate::error::Result;
+use crate::guidance::cfg;
+use crate::model::UNetInputs;
+
+/// Who occupies the rows of a run: `particles` consecutive slots per sample.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slots {
+    pub samples: usize,
+    pub particles: usize,
+}
+
+impl Slots {
+    pub fn len(&self) -> usize {
+        self.samples * self.particles
+    }
+
+    pub fn sample_of(&self, slot: usize) -> usize {
+        slot / self.particles
+    }
+
+    pub fn particle_of(&self, slot: usize) -> usize {
+        slot % self.particles
+    }
+
+    /// "sample 3" or "sample 3, particle 1", for error messages.
+    pub fn name(&self, slot: usize) -> String {
+        if self.particles > 1 {
+            format!(
+                "sample {}, particle {}",
+                self.sample_of(slot),
+                self.particle_of(slot)
+            )
+        } else {
+            format!("sample {}", self.sample_of(slot))
+        }
+    }
+}
+
+impl Sampler<'_> {
+    /// The guided model outputs of every slot at `step`, rows of `per_sample`.
+    pub(crate) fn model_outputs(
+        &self,
+        step: usize,
+        specs: &[SampleSpec],
+        rows: &[Rows],
+        slots: Slots,
+        latents: &[f32],
+        tokens: Option<usize>,
+    ) -> Result<Vec<f32>> {
+        let per_sample = latents.len() / slots.len();
+        let channels = self.unet.config().in_channels;
+        let sched = self.scheduler;
+        let timestep = sched.timestep(step);
+        let scale = sched.input_scale(step);
+        let uses_cfg = |slot: usize| -> bool {
+            let i = slots.sample_of(slot);
+            rows[i].uses_cfg && specs[i].guidance.active_at(step)
+        };
+        let cfg_slots: Vec<usize> = (0..slots.len()).filter(|&k| uses_cfg(k)).collect();
+        let order: Vec<(usize, bool)> = cfg_slots
+            .iter()
+            .map(|&k| (k, false))
+            .chain((0..slots.len()).map(|k| (k, true)))
+            .collect();
+        let batch = order.len();
+
+        let mut input = Vec::with_capacity(batch * per_sample);
+        for &(k, _) in &order {
+            input.extend(
+                latents[k * per_sample..(k + 1) * per_sample]
+                    .iter()
+                    .map(|v| v * scale),
+            );
+        }
+        let labels: Option<Vec<usize>> = self.unet.num_classes().map(|_| {
+            order
+                .iter()
+                .map(|&(k, cond)| {
+                    let r = &rows[slots.sample_of(k)];
+                    if cond { r.cond_label } else { r.uncond_label }.unwrap_or(0)
+                })
+                .collect()
+        });
+        let encoder = match tokens {
+            Some(t) => {
+                let mut states = Vec::new();
+                for &(k, cond) in &order {
+                    if let Condition::Embedding {
+                        cond: c, uncond: u, ..
+                    } = &specs[slots.sample_of(k)].condition
+                    {
+                        states.extend_from_slice(if cond { c } else { u });
+                    }
+                }
+                let dim = states.len() / (batch * t);
+                Some(self.backend.tensor(&[batch, t, dim], states)?)
+            }
+            None => None,
+        };
+        let x = self
+            .backend
+            .tensor(&[batch, self.height, self.width, channels], input)?;
+        let timesteps = vec![timestep; batch];
+        let out = self.unet.forward(
+            self.backend,
+            &x,
+            &UNetInputs {
+                timesteps: &timesteps,
+                class_labels: labels.as_deref(),
+                encoder_hidden_states: encoder.as_ref(),
+            },
+        )?;
+        let out = self.backend.to_host(&out)?;
+        let row = |r: usize| &out[r * per_sample..(r + 1) * per_sample];
+
+        let mut uncond_row = vec![None; slots.len()];
+        for (r, &k) in cfg_slots.iter().enumerate() {
+            uncond_row[k] = Some(r);
+        }
+        let mut outputs = vec![0f32; slots.len() * per_sample];
+        for (k, guided) in outputs.chunks_exact_mut(per_sample).enumerate() {
+            let cond = row(cfg_slots.len() + k);
+            match uncond_row[k] {
+                Some(u) => {
+                    let g = specs[slots.sample_of(k)].guidance;
+                    cfg::combine(row(u), cond, g.scale, guided);
+                    cfg::rescale(guided, cond, g.rescale);
+                }
+                None => guided.copy_from_slice(cond),
+            }
+            check_finite(
+                guided,
+                &|| format!("the model output of {}", slots.name(k)),
+                step,
+                timestep,
+            )?;
+        }
+        Ok(outputs)
+    }
+}
