@@ -28,6 +28,9 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// Time the CPU backend on a model: GEMM ceiling, U-Net forward, sampling.
     Bench(BenchArgs),
+    /// Sweep an alignment setting and report reward, target share, diversity and
+    /// time per image as a table, CSV and plot.
+    Eval(EvalArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -130,6 +133,13 @@ fn parse_non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_non_negative_f32(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err("expected a number ≥ 0".to_string()),
+    }
+}
+
 /// `START:STOP` in steps (0-based, STOP exclusive; either side may be empty).
 fn parse_interval(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s
@@ -186,9 +196,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub karras: bool,
 
-    /// DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.
-    #[arg(long, value_name = "ETA", default_value = "0", value_parser = parse_non_negative, allow_negative_numbers = true)]
-    pub eta: f64,
+    /// DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like. Default 0, or 1 with
+    /// `--steer fk` (resampled particles need fresh noise to tell copies apart).
+    #[arg(long, value_name = "ETA", value_parser = parse_non_negative, allow_negative_numbers = true)]
+    pub eta: Option<f64>,
 
     /// Classifier-free guidance scale (1 = no guidance).
     #[arg(long, value_name = "S", default_value = "3", value_parser = parse_finite, allow_negative_numbers = true)]
@@ -229,6 +240,115 @@ pub struct GenerateArgs {
     /// Where the model runs.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+
+    #[command(flatten)]
+    pub align: AlignArgs,
+}
+
+/// Inference-time alignment: reward guidance and particle steering.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Alignment")]
+pub struct AlignArgs {
+    /// Reward to steer toward, NAME:ARG[@WEIGHT]; repeat to sum several.
+    /// `classifier:D` = log p(D | x0) under --classifier; `ink:T` = mean ink
+    /// fraction close to T in [0, 1]. Turns on reward-gradient guidance.
+    #[arg(long = "reward", value_name = "SPEC")]
+    pub rewards: Vec<String>,
+
+    /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
+    /// next to the model folder.
+    #[arg(long, value_name = "DIR")]
+    pub classifier: Option<PathBuf>,
+
+    /// Guidance step size: ρ, the RMS change per pixel of x0 per step (x0 form), or
+    /// s (eps form). 0 = no gradient (particles only).
+    #[arg(long = "reward-scale", value_name = "S", value_parser = parse_non_negative_f32, allow_negative_numbers = true)]
+    pub reward_scale: Option<f32>,
+
+    /// Where the gradient enters: x0 (shift the x0 estimate) or eps (classifier guidance).
+    #[arg(long = "reward-form", value_enum, value_name = "FORM")]
+    pub reward_form: Option<RewardFormArg>,
+
+    /// How the x0-form step follows the noise level: `noise` = ρ·√(1−ᾱ_t) (large while
+    /// the estimate is blurry, small near the end), `constant` = ρ.
+    #[arg(long = "reward-schedule", value_enum, value_name = "S")]
+    pub reward_schedule: Option<RhoScheduleArg>,
+
+    /// Steps START:STOP (0-based, stop exclusive) where reward guidance acts.
+    #[arg(long = "reward-window", value_name = "START:STOP", value_parser = parse_interval)]
+    pub reward_window: Option<(usize, usize)>,
+
+    /// Gradient evaluations per step (x0 form).
+    #[arg(long = "reward-iters", value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub reward_iters: Option<usize>,
+
+    /// Use the raw gradient instead of the RMS-normalised one (x0 form).
+    #[arg(long = "reward-raw")]
+    pub reward_raw: bool,
+
+    /// Recurrence: take each guided step K times, re-noising in between.
+    #[arg(long, value_name = "K", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub recur: Option<usize>,
+
+    /// Particles per image; each written image is the survivor of its own N.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub particles: usize,
+
+    /// How particles are steered (default fk when --particles > 1).
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub steer: Option<SteerArg>,
+
+    /// Feynman-Kac potential: diff (reward increase), max (best so far), sum.
+    #[arg(long = "fk-potential", value_enum, value_name = "P")]
+    pub fk_potential: Option<PotentialArg>,
+
+    /// Feynman-Kac λ: weights are exp(λ·Δφ).
+    #[arg(long = "fk-lambda", value_name = "L", value_parser = parse_non_negative, allow_negative_numbers = true)]
+    pub fk_lambda: Option<f64>,
+
+    /// Resample every K steps.
+    #[arg(long = "fk-every", value_name = "K", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub fk_every: Option<usize>,
+
+    /// Steps START:STOP after which resampling may happen.
+    #[arg(long = "fk-window", value_name = "START:STOP", value_parser = parse_interval)]
+    pub fk_window: Option<(usize, usize)>,
+
+    /// Resample only when the effective sample size drops below N/2.
+    #[arg(long = "fk-adaptive")]
+    pub fk_adaptive: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RewardFormArg {
+    /// Shift the x0 estimate along the reward gradient.
+    X0,
+    /// Classifier guidance: eps ← eps − s·√(1−ᾱ)·∇r.
+    Eps,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RhoScheduleArg {
+    /// ρ at every guided step.
+    Constant,
+    /// ρ·√(1−ᾱ_t).
+    Noise,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SteerArg {
+    /// Keep the particle with the best final reward.
+    #[value(name = "best-of-n")]
+    BestOfN,
+    /// Feynman-Kac steering: resample by potential during sampling.
+    Fk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PotentialArg {
+    Diff,
+    Max,
+    Sum,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -271,4 +391,146 @@ pub struct BenchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, value_name = "N", default_value = "10", value_parser = parse_positive, allow_negative_numbers = true)]
     pub iters: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// diffusers model folder.
+    #[arg(long, value_name = "DIR", default_value = "weights/digits")]
+    pub model: PathBuf,
+
+    /// Class the model is conditioned on, or `none`.
+    #[arg(long, value_name = "N|none", default_value = "none", value_parser = parse_class)]
+    pub class: ClassArg,
+
+    /// Target classes D of the `classifier:D` reward, e.g. `0-9` or `1,3,7`.
+    /// Default: every class of the classifier.
+    #[arg(long, value_name = "LIST", value_parser = parse_targets)]
+    pub targets: Option<Targets>,
+
+    /// The setting to sweep and its values, e.g. `reward-scale=0,0.05,0.1` or
+    /// `particles=1,2,4`. Keys: reward-scale, reward-iters, recur, particles,
+    /// steer, fk-lambda, fk-every, fk-potential, reward-form, reward-schedule.
+    #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_sweep)]
+    pub sweep: Sweep,
+
+    /// Images per target and setting (seeds seed, seed+1, ...).
+    #[arg(long, value_name = "N", default_value = "20", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub count: usize,
+
+    /// Images per model call.
+    #[arg(long, value_name = "N", default_value = "20", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub batch: usize,
+
+    /// Denoising steps.
+    #[arg(long, value_name = "N", default_value = "50", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub steps: usize,
+
+    /// Scheduler (default: the model's).
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub scheduler: Option<SchedulerArg>,
+
+    /// DDIM eta (default as in `generate`).
+    #[arg(long, value_name = "ETA", value_parser = parse_non_negative, allow_negative_numbers = true)]
+    pub eta: Option<f64>,
+
+    /// Classifier-free guidance scale (with --class N).
+    #[arg(long, value_name = "S", default_value = "3", value_parser = parse_finite, allow_negative_numbers = true)]
+    pub cfg: f32,
+
+    /// First seed.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
+    pub seed: u64,
+
+    /// Folder for eval.csv, eval.png and one grid PNG per setting.
+    #[arg(long, value_name = "DIR", default_value = "eval")]
+    pub out: PathBuf,
+
+    /// Replace results already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// No progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+
+    #[command(flatten)]
+    pub align: AlignArgs,
+}
+
+/// `--sweep KEY=V1,V2,...`.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+pub const SWEEP_KEYS: [&str; 10] = [
+    "reward-scale",
+    "reward-iters",
+    "recur",
+    "particles",
+    "steer",
+    "fk-lambda",
+    "fk-every",
+    "fk-potential",
+    "reward-form",
+    "reward-schedule",
+];
+
+fn parse_sweep(s: &str) -> Result<Sweep, String> {
+    let (key, values) = s
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=V1,V2,... e.g. reward-scale=0,0.1,0.2".to_string())?;
+    if !SWEEP_KEYS.contains(&key) {
+        return Err(format!(
+            "unknown key {key:?} (accepted: {})",
+            SWEEP_KEYS.join(", ")
+        ));
+    }
+    let values: Vec<String> = values
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.is_empty() {
+        return Err(format!("no values for {key}"));
+    }
+    Ok(Sweep {
+        key: key.to_string(),
+        values,
+    })
+}
+
+/// `--targets`: class numbers in the order given.
+#[derive(Debug, Clone)]
+pub struct Targets(pub Vec<usize>);
+
+/// `0-9`, `1,3,7` or a mix (`0-2,5`).
+fn parse_targets(s: &str) -> Result<Targets, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("bad target {part:?}: expected N or A-B, e.g. 0-9 or 1,3,7");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (
+                    a.trim().parse::<usize>().map_err(|_| bad())?,
+                    b.trim().parse::<usize>().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse::<usize>().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err("no targets given".to_string());
+    }
+    Ok(Targets(out))
 }

@@ -7,11 +7,14 @@ use std::time::Instant;
 use diffsteer::backend::counting::CountingBackend;
 use diffsteer::backend::cpu::CpuBackend;
 use diffsteer::backend::Backend;
+use diffsteer::guidance::reward::RewardGuidance;
 use diffsteer::guidance::Guidance;
 use diffsteer::model::{ModelFolder, UNetInputs};
+use diffsteer::reward::{Classifier, ClassifierReward, Reward, SampleShape};
 use diffsteer::rng::{normal_vec, NoiseStream};
-use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
+use diffsteer::sampler::{Alignment, Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions};
+use diffsteer::steer::Steering;
 
 use crate::args::{BenchArgs, SchedulerArg};
 use crate::generate::resolve_model;
@@ -44,8 +47,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
 
     // Ceiling: one large GEMM through the same backend path the model uses.
     let (m, k, n) = (4096, 1024, 1024);
-    let a = cpu.tensor(&[m, k], normal_vec(1, NoiseStream::Custom(1 << 40), m * k))?;
-    let w = cpu.tensor(&[k, n], normal_vec(2, NoiseStream::Custom(1 << 40), k * n))?;
+    let a = cpu.tensor(&[m, k], normal_vec(1, NoiseStream::Custom(1 << 56), m * k))?;
+    let w = cpu.tensor(&[k, n], normal_vec(2, NoiseStream::Custom(1 << 56), k * n))?;
     let gemm_s = time_it(args.iters, || cpu.linear(&a, &w, None))?;
     let ceiling = 2.0 * (m * k * n) as f64 / gemm_s / 1e9;
     println!(
@@ -65,7 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         &[batch, h, w, config.in_channels],
         normal_vec(
             3,
-            NoiseStream::Custom(1 << 40),
+            NoiseStream::Custom(1 << 56),
             batch * h * w * config.in_channels,
         ),
     )?;
@@ -150,5 +153,35 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         sample_s,
         sample_s / images as f64
     );
+
+    // The same run with reward-gradient guidance by the digit classifier at the
+    // defaults of `generate --reward`: what guidance adds to a CFG step.
+    let classifier_dir = crate::align::default_classifier_dir(&model_dir);
+    let shape = SampleShape::new(h, w, config.in_channels);
+    let reward = Classifier::load(&classifier_dir)
+        .and_then(|c| ClassifierReward::new(std::sync::Arc::new(c), 0))
+        .and_then(|r| r.check_shape(shape).map(|()| r));
+    match reward {
+        Ok(reward) => {
+            let alignment = Alignment {
+                reward: Some(&reward),
+                guidance: RewardGuidance::recommended(args.steps),
+                steering: Steering::NONE,
+            };
+            let guided_s = time_it(args.iters.min(3), || {
+                sampler.sample_aligned(&specs, &PhiloxNoise, &alignment, &mut |_| {})
+            })?;
+            println!(
+                "  + reward guidance (defaults)    {:>7.2} s   {:>7.3} s/image  {:+.1}% per step vs cfg alone",
+                guided_s,
+                guided_s / images as f64,
+                100.0 * (guided_s / sample_s - 1.0)
+            );
+        }
+        Err(e) => println!(
+            "  reward guidance not timed: no usable classifier in {} ({e})",
+            classifier_dir.display()
+        ),
+    }
     Ok(())
 }

@@ -14,10 +14,12 @@ use diffsteer::fsutil::write_atomic;
 use diffsteer::guidance::{Guidance, GuidanceInterval};
 use diffsteer::image::Image8;
 use diffsteer::model::ModelFolder;
+use diffsteer::reward::SampleShape;
 use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions};
 use diffsteer::Error;
 
+use crate::align;
 use crate::args::{ClassArg, DeviceArg, GenerateArgs, SchedulerArg};
 use crate::usage_error::{usage, CliError};
 
@@ -145,8 +147,10 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
         .scheduler
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
         .unwrap_or(SchedulerArg::Ddim);
+    let setup = align::resolve(&args.align, &model_dir, args.steps)?;
+    let eta = align::resolve_eta(&setup, args.eta, scheduler_arg.kind())?;
     let options = ScheduleOptions {
-        eta: args.eta,
+        eta,
         karras: args.karras.then_some(true),
     };
     let scheduler = schedule::build(
@@ -160,6 +164,16 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
     let backend = make_backend(args.device)?;
     let unet = folder.load_unet(backend.as_ref())?;
     let sampler = Sampler::new(backend.as_ref(), &unet, scheduler.as_ref())?;
+    let alignment = setup.alignment();
+    let shape = SampleShape::new(sampler.height(), sampler.width(), unet.config().in_channels);
+    if let Some(reward) = alignment.reward {
+        reward
+            .check_shape(shape)
+            .map_err(|e| usage("--reward", e))?;
+    }
+    alignment
+        .validate(shape, scheduler.num_steps())
+        .map_err(align::flag_error)?;
 
     let classes = sampler.conditional_classes();
     if unet.config().cross_attention_dim.is_some() {
@@ -247,9 +261,21 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
         ));
         let specs: Vec<SampleSpec> = batch.iter().map(|(s, _)| s.clone()).collect();
         let done_before = (first * scheduler.num_steps()) as u64;
-        let outputs = sampler.sample(&specs, &PhiloxNoise, &mut |p| {
-            bar.set_position(done_before + (p.step * batch.len()) as u64);
-        })?;
+        let outputs = sampler
+            .sample_aligned(&specs, &PhiloxNoise, &alignment, &mut |p| {
+                bar.set_position(done_before + (p.step * batch.len()) as u64);
+            })
+            .map_err(align::flag_error)?;
+        let terms = match &setup.reward {
+            Some(reward) => {
+                let finals: Vec<f32> = outputs
+                    .iter()
+                    .flat_map(|o| o.data.iter().copied())
+                    .collect();
+                Some(reward.evaluate_terms(shape, &finals, None)?.1)
+            }
+            None => None,
+        };
         for (k, (output, (spec, class))) in outputs.iter().zip(batch).enumerate() {
             let index = first + k;
             let image = Image8::from_model_space(
@@ -260,7 +286,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
             )?;
             let file = image_name(index);
             write_atomic(&args.out.join(&file), &image.encode_png()?)?;
-            let line = json!({
+            let mut line = json!({
                 "file": file,
                 "seed": spec.seed,
                 "class": class,
@@ -268,10 +294,29 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
                 "scheduler": scheduler_arg.name(),
                 "cfg": args.cfg,
                 "cfg_rescale": args.cfg_rescale,
-                "eta": args.eta,
+                "eta": eta,
                 "karras": args.karras,
                 "model": model_dir.display().to_string(),
             });
+            if let (Some(reward), Some(terms), Some(fields)) =
+                (&setup.reward, &terms, line.as_object_mut())
+            {
+                let values: serde_json::Map<String, serde_json::Value> = reward
+                    .term_names()
+                    .into_iter()
+                    .zip(terms)
+                    .map(|(name, values)| (name, json!(values[k])))
+                    .collect();
+                fields.insert("reward".into(), json!(args.align.rewards));
+                fields.insert("reward_value".into(), json!(output.reward));
+                fields.insert("reward_terms".into(), values.into());
+                fields.insert(
+                    "reward_guidance".into(),
+                    align::guidance_json(&setup.guidance),
+                );
+                fields.insert("steering".into(), align::steering_json(&setup.steering));
+                fields.insert("particle".into(), json!(output.particle));
+            }
             metadata.push_str(&line.to_string());
             metadata.push('\n');
             if args.grid.is_some() {

@@ -1,7 +1,9 @@
 //! The `diffsteer` command line.
 
+mod align;
 mod args;
 mod bench;
+mod eval;
 mod generate;
 mod selftest;
 mod usage_error;
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&args),
         Command::Selftest(args) => selftest::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Eval(args) => eval::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

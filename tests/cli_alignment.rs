@@ -1,0 +1,295 @@
+//! The alignment flags of `diffsteer generate` and the `diffsteer eval` sweep: what
+//! they write, and one-line usage errors (exit code 2, nothing written) for bad
+//! rewards, windows, particle counts and classifier folders.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::fixtures;
+
+fn diffsteer() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diffsteer"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn generate(out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = diffsteer();
+    cmd.arg("generate")
+        .arg("--model")
+        .arg(root().join("weights/digits"))
+        .args(["--quiet", "--out"])
+        .arg(out);
+    if !extra.contains(&"--steps") {
+        cmd.args(["--steps", "4"]);
+    }
+    cmd.args(extra).output().expect("runs")
+}
+
+fn rejects(args: &[&str], flag: &str, expected: &str) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("never");
+    let result = generate(&out, args);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{args:?}: stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {stderr:?}"
+    );
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(flag) && lines[0].contains(expected),
+        "{args:?}: {stderr}"
+    );
+    assert!(!out.exists(), "{args:?}: --out was created");
+}
+
+#[test]
+fn steered_generation_records_rewards_and_particles() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let result = generate(
+        &out,
+        &[
+            "--class",
+            "none",
+            "--reward",
+            "classifier:3",
+            "--reward",
+            "ink:0.15@0.5",
+            "--count",
+            "2",
+            "--particles",
+            "3",
+            "--steer",
+            "fk",
+            "--fk-every",
+            "1",
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let metadata = std::fs::read_to_string(out.join("metadata.jsonl")).expect("metadata");
+    let lines: Vec<serde_json::Value> = metadata
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let terms = &line["reward_terms"];
+        let classifier = terms["classifier:3"].as_f64().expect("classifier term");
+        let ink = terms["ink:0.15"].as_f64().expect("ink term");
+        let total = line["reward_value"].as_f64().expect("total");
+        assert!(classifier <= 0.0, "a log-probability: {classifier}");
+        assert!((total - (classifier + 0.5 * ink)).abs() < 1e-4 * total.abs().max(1.0));
+        assert!(line["particle"].as_u64().expect("particle") < 3);
+        assert_eq!(line["steering"]["method"], "fk");
+        // Feynman-Kac on DDIM draws fresh noise by default.
+        assert_eq!(line["eta"], 1.0);
+    }
+}
+
+#[test]
+fn bad_alignment_flags_are_one_line_errors() {
+    rejects(&["--reward", "aesthetic:1"], "--reward", "classifier:D");
+    rejects(&["--reward", "classifier"], "--reward", "classifier:D");
+    rejects(&["--reward", "classifier:12"], "--reward", "12");
+    rejects(&["--reward", "ink:2"], "--reward", "[0, 1]");
+    rejects(&["--reward", "ink:0.2@nan"], "--reward", "weight");
+    rejects(
+        &["--particles", "0", "--reward", "classifier:1"],
+        "--particles",
+        "at least 1",
+    );
+    rejects(&["--particles", "2"], "--particles", "--reward");
+    rejects(&["--reward-scale", "0.2"], "--reward-scale", "--reward");
+    rejects(
+        &["--reward-scale", "-1", "--reward", "classifier:1"],
+        "--reward-scale",
+        "≥ 0",
+    );
+    rejects(
+        &["--reward", "classifier:1", "--reward-window", "2:9"],
+        "--reward-window",
+        "0:4",
+    );
+    rejects(
+        &["--reward", "classifier:1", "--reward-window", "3:3"],
+        "--reward-window",
+        "empty",
+    );
+    rejects(
+        &[
+            "--reward",
+            "classifier:1",
+            "--particles",
+            "2",
+            "--fk-window",
+            "0:7",
+        ],
+        "--fk-window",
+        "0:4",
+    );
+    rejects(
+        &["--reward", "classifier:1", "--fk-lambda", "5"],
+        "--fk-lambda",
+        "--particles",
+    );
+    rejects(
+        &[
+            "--reward",
+            "classifier:1",
+            "--particles",
+            "2",
+            "--scheduler",
+            "euler",
+        ],
+        "--steer",
+        "fresh noise",
+    );
+    rejects(
+        &[
+            "--reward",
+            "classifier:1",
+            "--classifier",
+            "/nonexistent/classifier",
+        ],
+        "--classifier",
+        "/nonexistent/classifier",
+    );
+}
+
+#[test]
+fn a_classifier_with_a_missing_layer_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("classifier");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let shipped = root().join("weights/digit-classifier");
+    std::fs::copy(
+        shipped.join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .expect("copy");
+    let config = std::fs::read_to_string(shipped.join("config.json")).expect("config");
+    // The config now names a layer the weight file does not hold.
+    let renamed = config.replace("\"fc2\"", "\"fc9\"");
+    assert_ne!(
+        config, renamed,
+        "the shipped config names its last layer fc2"
+    );
+    std::fs::write(dir.join("config.json"), renamed).expect("write");
+    rejects(
+        &[
+            "--reward",
+            "classifier:1",
+            "--classifier",
+            dir.to_str().expect("utf8"),
+        ],
+        "--classifier",
+        "fc9",
+    );
+}
+
+#[test]
+fn a_reward_for_another_image_shape_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("never");
+    let result = diffsteer()
+        .arg("generate")
+        .arg("--model")
+        .arg(fixtures().join("models/unet2d_class"))
+        .args([
+            "--steps",
+            "2",
+            "--quiet",
+            "--reward",
+            "classifier:1",
+            "--classifier",
+        ])
+        .arg(root().join("weights/digit-classifier"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--reward") && stderr.contains("28×28×1"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn eval_writes_a_table_csv_plot_and_grids() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("eval");
+    let result = diffsteer()
+        .arg("eval")
+        .arg("--model")
+        .arg(root().join("weights/digits"))
+        .args([
+            "--targets",
+            "1,7",
+            "--count",
+            "3",
+            "--steps",
+            "4",
+            "--quiet",
+            "--sweep",
+            "reward-scale=0,0.2",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("target share"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("eval.csv")).expect("csv");
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!(rows[0][1], "value");
+    for row in &rows[1..] {
+        let share: f64 = row[4].parse().expect("share");
+        assert!((0.0..=1.0).contains(&share));
+        // 4 steps, one particle, no CFG for --class none.
+        assert_eq!(row[6], "4");
+    }
+    let reward = |r: &[&str]| r[2].parse::<f64>().expect("reward");
+    assert!(
+        reward(&rows[2]) > reward(&rows[1]),
+        "guidance raised no reward: {csv}"
+    );
+    for file in [
+        "eval.png",
+        "grid-reward-scale-0.png",
+        "grid-reward-scale-0.2.png",
+    ] {
+        let png = std::fs::read(out.join(file)).expect(file);
+        assert_eq!(&png[1..4], b"PNG");
+    }
+
+    // A bad sweep is a usage error and writes nothing.
+    let never = tmp.path().join("never");
+    let bad = diffsteer()
+        .args(["eval", "--sweep", "reward-scale=x", "--out"])
+        .arg(&never)
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--sweep"));
+    assert!(!never.exists());
+}
