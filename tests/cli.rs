@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::fixtures;
+use common::{assert_usage_error, fixtures};
 
 fn diffsteer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_diffsteer"))
@@ -110,20 +110,7 @@ fn rejects(args: &[&str], flag: &str, expected: &str) {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("never");
     let result = generate(&out, args);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(2), "{args:?}: stderr {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one line, got {stderr:?}"
-    );
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(
-        lines[0].contains(flag) && lines[0].contains(expected),
-        "{args:?}: {stderr}"
-    );
-    assert!(!out.exists(), "{args:?}: --out was created");
+    assert_usage_error(args, &result, &out, flag, expected);
 }
 
 #[test]

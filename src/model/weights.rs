@@ -107,27 +107,13 @@ impl WeightFile {
     /// Reads a floating-point tensor as f32, whatever its shape.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (bytes, dtype, shape) = self.bytes(name)?;
-        let values = match dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::tensor(
-                    &self.path,
-                    name,
-                    format!("dtype {other:?} is not supported (expected F32, F16 or BF16)"),
-                ))
-            }
-        };
+        let values = crate::tensor::dtype::float_values_as_f32(bytes, dtype).ok_or_else(|| {
+            Error::tensor(
+                &self.path,
+                name,
+                format!("dtype {dtype:?} is not supported (expected F32, F16 or BF16)"),
+            )
+        })?;
         Ok((shape.to_vec(), values))
     }
 

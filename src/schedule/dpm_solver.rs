@@ -12,8 +12,8 @@ use super::betas::{
 use super::config::SchedulerConfig;
 use super::euler::{refuse_other_sigma_schedules, use_karras, FinalSigma};
 use super::{
-    alpha_bar_of_sigma, check_num_steps, check_step_args, PredictionType, ScheduleOptions,
-    Scheduler, SchedulerKind, StepState,
+    check_num_steps, check_step_args, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
+    StepState,
 };
 use crate::error::{Error, Result};
 
@@ -278,14 +278,6 @@ impl Scheduler for DpmSolverMultistep {
 
     fn prediction_type(&self) -> PredictionType {
         self.prediction
-    }
-
-    fn alpha_bar(&self, step: usize) -> f32 {
-        alpha_bar_of_sigma(self.sigmas[step])
-    }
-
-    fn alpha_bar_after(&self, step: usize) -> f32 {
-        alpha_bar_of_sigma(self.sigmas[step + 1])
     }
 
     fn needs_noise(&self, _step: usize) -> bool {

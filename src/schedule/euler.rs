@@ -7,8 +7,8 @@ use super::betas::{
 };
 use super::config::SchedulerConfig;
 use super::{
-    alpha_bar_of_sigma, check_num_steps, check_step_args, PredictionType, ScheduleOptions,
-    Scheduler, SchedulerKind, StepState,
+    check_num_steps, check_step_args, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
+    StepState,
 };
 use crate::error::Result;
 
@@ -203,14 +203,6 @@ impl Scheduler for Euler {
 
     fn prediction_type(&self) -> PredictionType {
         self.prediction
-    }
-
-    fn alpha_bar(&self, step: usize) -> f32 {
-        alpha_bar_of_sigma(self.sigmas[step])
-    }
-
-    fn alpha_bar_after(&self, step: usize) -> f32 {
-        alpha_bar_of_sigma(self.sigmas[step + 1])
     }
 
     fn sigmas(&self) -> Option<&[f32]> {

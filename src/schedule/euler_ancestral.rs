@@ -6,8 +6,8 @@ use super::betas::{interp, spaced_timesteps, TimestepSpacing, TrainSchedule};
 use super::config::SchedulerConfig;
 use super::euler::{init_noise_sigma, pred_original, v_factors};
 use super::{
-    alpha_bar_of_sigma, check_num_steps, check_step_args, refuse_karras, PredictionType,
-    ScheduleOptions, Scheduler, SchedulerKind, StepState,
+    check_num_steps, check_step_args, refuse_karras, PredictionType, ScheduleOptions, Scheduler,
+    SchedulerKind, StepState,
 };
 use crate::error::Result;
 
@@ -88,14 +88,6 @@ impl Scheduler for EulerAncestral {
 
     fn prediction_type(&self) -> PredictionType {
         self.prediction
-    }
-
-    fn alpha_bar(&self, step: usize) -> f32 {
-        alpha_bar_of_sigma(self.sigmas[step])
-    }
-
-    fn alpha_bar_after(&self, step: usize) -> f32 {
-        alpha_bar_of_sigma(self.sigmas[step + 1])
     }
 
     fn sigmas(&self) -> Option<&[f32]> {

@@ -167,10 +167,16 @@ pub trait Scheduler: Send + Sync {
     /// What the model output means.
     fn prediction_type(&self) -> PredictionType;
     /// ᾱ of the noise level the model sees at `step`: the model input
-    /// x_t × [`Scheduler::input_scale`] is √ᾱ·x₀ + √(1−ᾱ)·ε.
-    fn alpha_bar(&self, step: usize) -> f32;
+    /// x_t × [`Scheduler::input_scale`] is √ᾱ·x₀ + √(1−ᾱ)·ε. The default reads it
+    /// from [`Scheduler::sigmas`]; schedulers without sigmas override it.
+    fn alpha_bar(&self, step: usize) -> f32 {
+        self.sigmas().map_or(1.0, |s| alpha_bar_of_sigma(s[step]))
+    }
     /// ᾱ of the noise level `step` lands on (1 when it returns a clean sample).
-    fn alpha_bar_after(&self, step: usize) -> f32;
+    fn alpha_bar_after(&self, step: usize) -> f32 {
+        self.sigmas()
+            .map_or(1.0, |s| alpha_bar_of_sigma(s[step + 1]))
+    }
     /// What `step`'s result is multiplied by to be √ᾱ·x₀ + √(1−ᾱ)·ε at the level it
     /// lands on (1 for the variance-preserving schedulers, 1/√(σ²+1) for Euler's).
     fn input_scale_after(&self, _step: usize) -> f32 {

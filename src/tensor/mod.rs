@@ -3,6 +3,8 @@
 //! are its `height·width` positions with `channels` features, so no transposes are
 //! needed between convolutions and attention.
 
+pub mod dtype;
+
 use crate::error::{Error, Result};
 
 /// Where a tensor's elements live.

@@ -60,3 +60,29 @@ pub fn nhwc_to_nchw(x: &[f32], shape: &[usize]) -> Vec<f32> {
     }
     out
 }
+
+/// Checks a rejected command line: exit code 2, a single `error: ` line naming
+/// `flag` and containing `expected`, and `out` never created.
+#[allow(dead_code)]
+pub fn assert_usage_error(
+    args: &[&str],
+    result: &std::process::Output,
+    out: &std::path::Path,
+    flag: &str,
+    expected: &str,
+) {
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{args:?}: stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {stderr:?}"
+    );
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].contains(flag) && lines[0].contains(expected),
+        "{args:?}: {stderr}"
+    );
+    assert!(!out.exists(), "{args:?}: --out was created");
+}

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use super::config::LayerSpec;
 use super::{Conv, Dims, Linear};
@@ -65,27 +65,17 @@ impl<'a> Weights<'a> {
             ));
         }
         let bytes = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::tensor(
+        let values: Vec<f32> = crate::tensor::dtype::float_values_as_f32(bytes, view.dtype())
+            .ok_or_else(|| {
+                Error::tensor(
                     self.path,
                     name,
-                    format!("dtype {other:?} is not supported (expected F32, F16 or BF16)"),
-                ))
-            }
-        };
+                    format!(
+                        "dtype {:?} is not supported (expected F32, F16 or BF16)",
+                        view.dtype()
+                    ),
+                )
+            })?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::tensor(
                 self.path,
