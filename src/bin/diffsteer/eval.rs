@@ -315,12 +315,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
                 .map(|p| (p.seconds_per_image, p.mean_reward))
                 .collect(),
         )
-        .with_point_labels(
-            points
-                .iter()
-                .map(|p| format!("{}={}", args.sweep.key, p.value))
-                .collect(),
-        )],
+        .with_point_labels(points.iter().map(|p| p.value.clone()).collect())],
         log_x: false,
     };
     write_atomic(&args.out.join("eval.png"), &chart.render_png(720, 480)?)?;
