@@ -1,4 +1,5 @@
-//! Every CUDA kernel compiles with NVRTC for sm_90 (no GPU needed, only libnvrtc),
+//! Every CUDA kernel compiles with NVRTC for sm_90 (H100/H200) and sm_80 (A100)
+//! (no GPU needed, only libnvrtc),
 //! including the attention kernel at every head dimension it is specialised for,
 //! and ptxas reports no spills. CI installs NVRTC and sets DIFFSTEER_REQUIRE_NVRTC=1,
 //! so there a missing library fails the test instead of skipping it.
@@ -9,7 +10,7 @@ use diffsteer::backend::cuda::kernels::{
 };
 
 #[test]
-fn every_kernel_compiles_for_sm90_without_spills() {
+fn every_kernel_compiles_for_sm90_and_sm80_without_spills() {
     // SAFETY: only checks whether libnvrtc can be loaded.
     let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
     if !present {
@@ -27,11 +28,14 @@ fn every_kernel_compiles_for_sm90_without_spills() {
             .iter()
             .map(|&d| (&ATTENTION, head_dim_define(d))),
     );
-    for (kernel, defines) in builds {
+    for (arch, (kernel, defines)) in ["sm_90", "sm_80"]
+        .into_iter()
+        .flat_map(|arch| builds.iter().map(move |b| (arch, b)))
+    {
         let report =
-            compile_with_report(kernel, "sm_90", &defines).unwrap_or_else(|e| panic!("{e}"));
+            compile_with_report(kernel, arch, defines).unwrap_or_else(|e| panic!("{arch}: {e}"));
         eprintln!(
-            "{}.cu {defines:?}: {} B PTX, {} B CUBIN",
+            "{}.cu {defines:?} for {arch}: {} B PTX, {} B CUBIN",
             kernel.name, report.ptx_bytes, report.cubin_bytes
         );
         for line in report.resource_lines() {
@@ -39,7 +43,7 @@ fn every_kernel_compiles_for_sm90_without_spills() {
         }
         assert!(
             report.cubin_bytes > 0,
-            "{}.cu produced no CUBIN",
+            "{}.cu produced no CUBIN for {arch}",
             kernel.name
         );
         let spills: Vec<&str> = report
@@ -51,7 +55,7 @@ fn every_kernel_compiles_for_sm90_without_spills() {
             .collect();
         assert!(
             spills.is_empty(),
-            "{}.cu {defines:?} spills registers:\n{}",
+            "{}.cu {defines:?} spills registers on {arch}:\n{}",
             kernel.name,
             spills.join("\n")
         );
