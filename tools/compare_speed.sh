@@ -9,13 +9,16 @@ threads=${2:-2}
 python=${VENV:-/work/venv}/bin/python
 cargo build --release --quiet
 echo "== diffsteer"
-ours=$(target/release/diffsteer --threads "$threads" bench --model "$model" --batch 32 --steps 20 --scheduler ddim --iters 10)
+json=$(mktemp --suffix .json)
+trap 'rm -f "$json"' EXIT
+# --batch 16: 16 images with CFG, i.e. 32-row model calls, the same as diffusers' batch 32.
+ours=$(target/release/diffsteer --threads "$threads" bench --model "$model" --batch 16 --steps 20 --scheduler ddim --iters 10 --json "$json")
 echo "$ours"
 echo "== diffusers"
 theirs=$("$python" tools/bench_diffusers.py --model "$model" --batch 32 --steps 20 --scheduler ddim --iters 10 --threads "$threads")
 echo "$theirs" | grep -v '^{'
 fwd_ours=$(echo "$ours" | awk '/unet forward/ {print $5}')
-smp_ours=$(echo "$ours" | awk '/^sample/ {print $(NF-1)}')
+smp_ours=$(python3 -c 'import json, sys; b = json.load(open(sys.argv[1]))["batches"][-1]; print(1.0 / b["images_per_s"])' "$json")
 fwd_theirs=$(echo "$theirs" | awk '/unet forward/ {print $5}')
 smp_theirs=$(echo "$theirs" | awk '/^sample/ {print $(NF-1)}')
 echo "== ratio (diffusers time / diffsteer time)"

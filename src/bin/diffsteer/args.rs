@@ -26,7 +26,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Check a compute device against the CPU reference and time it.
     Selftest(SelftestArgs),
-    /// Time the CPU backend on a model: GEMM ceiling, U-Net forward, sampling.
+    /// Time a backend on a model: GEMM ceiling, U-Net forward, sampling per batch size.
     Bench(BenchArgs),
     /// Sweep an alignment setting and report reward, target share, diversity and
     /// time per image as a table, CSV and plot.
@@ -372,25 +372,60 @@ pub struct SelftestArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model folder to time (class-conditional or unconditional U-Nets).
-    #[arg(long, value_name = "DIR", default_value = "weights/digits")]
+    /// Model to time: a diffusers model folder, or `sd15-shape` (a built-in U-Net
+    /// with Stable Diffusion 1.5's architecture and deterministic random weights).
+    #[arg(long, value_name = "DIR|sd15-shape", default_value = "weights/digits")]
     pub model: PathBuf,
 
-    /// Batch of the timed U-Net forward (sampling uses half of it, doubled by CFG).
-    #[arg(long, value_name = "N", default_value = "32", value_parser = parse_positive, allow_negative_numbers = true)]
-    pub batch: usize,
+    /// Images per sampling run, as a comma list: each is timed in turn (with CFG a
+    /// model call has twice as many rows). The forward breakdown uses the largest.
+    #[arg(long, value_name = "B1,B2,...", default_value = "1,4,16", value_parser = parse_batch_list)]
+    pub batch: BatchList,
 
-    /// Steps of the timed sampling run.
+    /// Steps of each timed sampling run.
     #[arg(long, value_name = "N", default_value = "20", value_parser = parse_positive, allow_negative_numbers = true)]
     pub steps: usize,
 
-    /// Scheduler of the timed sampling run (default: the model's).
+    /// Scheduler of the timed sampling runs (default: the model's).
     #[arg(long, value_enum, value_name = "NAME")]
     pub scheduler: Option<SchedulerArg>,
 
-    /// Timed repetitions (the median is reported).
+    /// Timed repetitions (the median is reported; sampling runs at most 3).
     #[arg(long, value_name = "N", default_value = "10", value_parser = parse_positive, allow_negative_numbers = true)]
     pub iters: usize,
+
+    /// Sample (latent) height and width. Default: the model's sample_size (64 for
+    /// sd15-shape); smaller sizes make big models practical on CPUs.
+    #[arg(long, value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub size: Option<usize>,
+
+    /// Also write every number as JSON to this file (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+/// `--batch 1,4,16`: the batch sizes in the order given. A newtype, because clap
+/// treats a `Vec<T>` value as repeated occurrences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchList(pub Vec<usize>);
+
+fn parse_batch_list(s: &str) -> Result<BatchList, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        match part.parse::<i64>() {
+            Ok(n) if n >= 1 => out.push(n as usize),
+            _ => {
+                return Err(format!(
+                    "{part:?} is not a whole number ≥ 1 (expected a comma list, e.g. 1,4,16)"
+                ))
+            }
+        }
+    }
+    Ok(BatchList(out))
 }
 
 #[derive(Args, Debug)]

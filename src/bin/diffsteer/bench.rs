@@ -1,32 +1,49 @@
-//! `diffsteer bench`: times the CPU backend on a model — a GEMM ceiling, the U-Net
-//! forward (with the FLOPs it performed) and whole CFG sampling runs — so speed
-//! claims are fractions of a ceiling measured in the same run.
+//! `diffsteer bench`: times a backend on a model — a GEMM ceiling, the U-Net
+//! forward (with the FLOPs it performed and where its time goes) and CFG sampling
+//! runs at several batch sizes — so speed claims are fractions of a ceiling
+//! measured in the same run. `--json` writes every number to a file.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use diffsteer::backend::counting::CountingBackend;
-use diffsteer::backend::cpu::CpuBackend;
 use diffsteer::backend::Backend;
 use diffsteer::guidance::reward::RewardGuidance;
 use diffsteer::guidance::Guidance;
-use diffsteer::model::{ModelFolder, UNetInputs};
+use diffsteer::model::preset;
+use diffsteer::model::{ModelFolder, UNet, UNetInputs};
 use diffsteer::reward::{Classifier, ClassifierReward, Reward, SampleShape};
 use diffsteer::rng::{normal_vec, NoiseStream};
 use diffsteer::sampler::{Alignment, Condition, PhiloxNoise, SampleSpec, Sampler};
-use diffsteer::schedule::{self, ScheduleOptions};
+use diffsteer::schedule::{self, ScheduleOptions, SchedulerConfig};
 use diffsteer::steer::Steering;
+use diffsteer::tensor::Tensor;
+use serde_json::{json, Value};
 
 use crate::args::{BenchArgs, SchedulerArg};
-use crate::generate::resolve_model;
+use crate::generate::{make_backend, resolve_model};
 use crate::usage_error::{usage, CliError};
+
+/// The built-in model of `--model sd15-shape`.
+const SD15_SHAPE: &str = "sd15-shape";
+/// Seed of the built-in model's weights.
+const PRESET_SEED: u64 = 0;
+/// Guidance scale of every timed sampling run.
+const CFG: f32 = 3.0;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
+/// Waits for everything queued on `b` (a no-op on the synchronous CPU backend): a
+/// download is ordered after all earlier work on the device.
+fn sync(b: &dyn Backend, probe: &Tensor) -> diffsteer::Result<()> {
+    b.to_host(probe).map(drop)
+}
+
 fn time_it<T>(iters: usize, mut f: impl FnMut() -> diffsteer::Result<T>) -> diffsteer::Result<f64> {
-    f()?; // warm-up: page in weights, grow the allocator's pools
+    f()?; // warm-up: page in weights, grow the allocator's pools, compile kernels
     let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
@@ -36,152 +53,411 @@ fn time_it<T>(iters: usize, mut f: impl FnMut() -> diffsteer::Result<T>) -> diff
     Ok(median(times))
 }
 
+/// The process's peak resident memory so far (`VmHWM`), in MiB, where the system
+/// reports it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Refuses a `--json` path that cannot be written, before any timing is done.
+fn check_json_path(path: &Path) -> Result<(), CliError> {
+    let shown = path.display();
+    if path.is_dir() {
+        return Err(usage(
+            "--json",
+            format!("{shown} is a folder, expected a file"),
+        ));
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| usage("--json", format!("{shown} has no file name")))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(usage(
+            "--json",
+            format!(
+                "cannot write {shown}: the folder {} does not exist",
+                parent.display()
+            ),
+        ));
+    }
+    let probe = parent.join(format!(".{name}.{}.probe", std::process::id()));
+    std::fs::File::create(&probe)
+        .map_err(|e| usage("--json", format!("cannot write {shown}: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// What `--model` names.
+enum Source {
+    Folder { dir: PathBuf, folder: ModelFolder },
+    Sd15Shape,
+}
+
+impl Source {
+    fn resolve(arg: &Path) -> Result<Self, CliError> {
+        if arg == Path::new(SD15_SHAPE) {
+            return Ok(Source::Sd15Shape);
+        }
+        let dir = resolve_model(arg);
+        let folder = ModelFolder::locate(&dir)
+            .map_err(|e| usage("--model", format!("{e} (or use the built-in {SD15_SHAPE})")))?;
+        Ok(Source::Folder { dir, folder })
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Source::Folder { dir, .. } => dir.display().to_string(),
+            Source::Sd15Shape => SD15_SHAPE.to_string(),
+        }
+    }
+}
+
+/// One batch size's sampling numbers.
+struct BatchResult {
+    batch: usize,
+    rows_per_call: usize,
+    ms_per_step: f64,
+    images_per_s: f64,
+    gflops: f64,
+    share: f64,
+    wall_s: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+fn opt_mib(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |m| format!("{m:.0} MiB"))
+}
+
 pub fn run(args: &BenchArgs) -> Result<(), CliError> {
-    let cpu = CpuBackend::new();
-    let counting = CountingBackend::new(&cpu);
+    // Everything a user can get wrong is checked before any timing.
+    if let Some(path) = &args.json {
+        check_json_path(path)?;
+    }
+    let source = Source::resolve(&args.model)?;
+    let batches = &args.batch.0;
+    let backend = make_backend(args.device)?;
+    let b: &dyn Backend = backend.as_ref();
+    let counting = CountingBackend::new(b);
+    let probe = b.tensor(&[1], vec![0.0])?;
     let threads = rayon::current_num_threads();
+    let device = b.name();
     println!(
-        "diffsteer bench: CPU backend, {threads} threads, median of {} runs",
+        "diffsteer bench: {device} backend, {threads} CPU threads, median of {} runs",
         args.iters
     );
 
     // Ceiling: one large GEMM through the same backend path the model uses.
     let (m, k, n) = (4096, 1024, 1024);
-    let a = cpu.tensor(&[m, k], normal_vec(1, NoiseStream::Custom(1 << 56), m * k))?;
-    let w = cpu.tensor(&[k, n], normal_vec(2, NoiseStream::Custom(1 << 56), k * n))?;
-    let gemm_s = time_it(args.iters, || cpu.linear(&a, &w, None))?;
+    let a = b.tensor(&[m, k], normal_vec(1, NoiseStream::Custom(1 << 56), m * k))?;
+    let w = b.tensor(&[k, n], normal_vec(2, NoiseStream::Custom(1 << 56), k * n))?;
+    let gemm_s = time_it(args.iters, || {
+        let out = b.linear(&a, &w, None)?;
+        sync(b, &probe)?;
+        Ok(out)
+    })?;
+    drop((a, w));
     let ceiling = 2.0 * (m * k * n) as f64 / gemm_s / 1e9;
     println!(
         "gemm {m}×{k}×{n} f32            {:>9.2} ms  {ceiling:>7.1} GFLOP/s (ceiling)",
         gemm_s * 1e3
     );
 
-    let model_dir = resolve_model(&args.model);
-    let folder = ModelFolder::locate(&model_dir).map_err(|e| usage("--model", e))?;
-    let unet = folder.load_unet(&counting)?;
+    let (unet, scheduler_config): (UNet, SchedulerConfig) = match &source {
+        Source::Folder { folder, .. } => (folder.load_unet(b)?, folder.load_scheduler_config()?),
+        Source::Sd15Shape => {
+            let config = preset::config_from_json(
+                &preset::sd15_config_json(args.size.unwrap_or(64)),
+                SD15_SHAPE,
+            )?;
+            let params = preset::parameter_count(&config);
+            let t = Instant::now();
+            let unet = preset::random_unet(b, config, PRESET_SEED)?;
+            println!(
+                "{SD15_SHAPE}: SD 1.5 U-Net, {:.1}M parameters, random weights (seed {PRESET_SEED}), built in {:.1} s",
+                params as f64 / 1e6,
+                t.elapsed().as_secs_f64()
+            );
+            (unet, preset::sd15_scheduler_config()?)
+        }
+    };
     let config = unet.config();
-    let (h, w) = config
-        .sample_size
-        .ok_or_else(|| usage("--model", "the model config has no sample_size"))?;
-    let batch = args.batch;
-    let x = cpu.tensor(
-        &[batch, h, w, config.in_channels],
-        normal_vec(
-            3,
-            NoiseStream::Custom(1 << 56),
-            batch * h * w * config.in_channels,
-        ),
+    let (h, w) = match (args.size, config.sample_size) {
+        (Some(s), _) => (s, s),
+        (None, Some(hw)) => hw,
+        (None, None) => {
+            return Err(usage(
+                "--size",
+                "the model config has no sample_size; give the size to time",
+            ))
+        }
+    };
+    let channels = config.in_channels;
+    let cross_dim = config.cross_attention_dim;
+    let tokens = preset::SD15_TOKENS;
+    let params = preset::parameter_count(config);
+    let classes = unet.num_classes();
+
+    // One forward at the largest batch's model call: FLOPs and per-op breakdown.
+    let largest = batches.iter().copied().max().unwrap_or(1);
+    let cfg_applies = classes.is_some() || cross_dim.is_some();
+    let rows_of = |batch: usize| if cfg_applies { 2 * batch } else { batch };
+    let rows = rows_of(largest);
+    let x = b.tensor(
+        &[rows, h, w, channels],
+        normal_vec(3, NoiseStream::Custom(1 << 56), rows * h * w * channels),
     )?;
-    let timesteps: Vec<f32> = (0..batch).map(|i| (999 - 37 * i % 1000) as f32).collect();
-    let labels: Option<Vec<usize>> = unet
-        .num_classes()
-        .map(|c| (0..batch).map(|i| i % c).collect());
-    if config.cross_attention_dim.is_some() {
-        return Err(usage(
-            "--model",
-            "bench times class-conditional and unconditional models only",
-        ));
-    }
+    let timesteps: Vec<f32> = (0..rows).map(|i| (999 - 37 * i % 1000) as f32).collect();
+    let labels: Option<Vec<usize>> = classes.map(|c| (0..rows).map(|i| i % c).collect());
+    let hidden = cross_dim
+        .map(|d| {
+            b.tensor(
+                &[rows, tokens, d],
+                normal_vec(4, NoiseStream::Custom(1 << 56), rows * tokens * d),
+            )
+        })
+        .transpose()?;
     let inputs = UNetInputs {
         timesteps: &timesteps,
         class_labels: labels.as_deref(),
-        encoder_hidden_states: None,
+        encoder_hidden_states: hidden.as_ref(),
     };
     counting.take_flops();
     unet.forward(&counting, &x, &inputs)?;
+    sync(b, &probe)?;
     let flops = counting.take_flops() as f64;
-    let forward_s = time_it(args.iters, || unet.forward(&counting, &x, &inputs))?;
+    let forward_s = time_it(args.iters, || {
+        let out = unet.forward(&counting, &x, &inputs)?;
+        sync(b, &probe)?;
+        Ok(out)
+    })?;
     let rate = flops / forward_s / 1e9;
     println!(
-        "unet forward, batch {batch:<4}         {:>9.2} ms  {rate:>7.1} GFLOP/s ({:.0}% of ceiling; {:.2} GFLOP per call)",
+        "unet forward, batch {rows:<4}         {:>9.2} ms  {rate:>7.1} GFLOP/s ({:.0}% of ceiling; {:.2} GFLOP per call)",
         forward_s * 1e3,
         100.0 * rate / ceiling,
         flops / 1e9
     );
+    if device != "cpu" {
+        println!("  (per-op times on an asynchronous device are launch times, not kernel times)");
+    }
     let stats = counting.take_stats();
     let total: f64 = stats.values().map(|s| s.time.as_secs_f64()).sum();
-    let mut rows: Vec<_> = stats.into_iter().collect();
-    rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.time));
-    for (op, s) in rows {
+    let mut op_rows: Vec<_> = stats.into_iter().collect();
+    op_rows.sort_by_key(|(_, s)| std::cmp::Reverse(s.time));
+    let forwards = (args.iters + 1) as f64;
+    let mut ops_json = Vec::new();
+    for (op, s) in op_rows {
         let secs = s.time.as_secs_f64();
-        let rate = if s.flops > 0 {
-            format!("{:7.1} GFLOP/s", s.flops as f64 / secs / 1e9)
-        } else {
-            String::new()
-        };
+        let op_rate = (s.flops > 0).then(|| s.flops as f64 / secs / 1e9);
+        let share = secs / total;
         println!(
-            "  {op:<18} {:>5.1}%  {:>8.2} ms/forward  {:>5} calls/forward  {rate}",
-            100.0 * secs / total,
-            secs * 1e3 / (args.iters + 1) as f64,
-            s.calls / (args.iters as u64 + 1)
+            "  {op:<18} {:>5.1}%  {:>8.2} ms/forward  {:>5} calls/forward  {}",
+            100.0 * share,
+            secs * 1e3 / forwards,
+            s.calls / (args.iters as u64 + 1),
+            op_rate.map_or(String::new(), |r| format!("{r:7.1} GFLOP/s"))
         );
+        ops_json.push(json!({
+            "op": op,
+            "share": share,
+            "ms_per_forward": secs * 1e3 / forwards,
+            "calls_per_forward": s.calls as f64 / forwards,
+            "gflops": op_rate,
+        }));
     }
+    drop((x, hidden));
 
-    let scheduler_config = folder.load_scheduler_config()?;
+    // CFG sampling at each batch size.
     let kind = args
         .scheduler
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
         .unwrap_or(SchedulerArg::Ddim);
-    let scheduler = schedule::build(
-        kind.kind(),
-        &scheduler_config,
-        args.steps,
-        &ScheduleOptions::default(),
-    )?;
-    let sampler = Sampler::new(&cpu, &unet, scheduler.as_ref())?;
-    let images = (batch / 2).max(1);
-    let specs: Vec<SampleSpec> = (0..images)
-        .map(|i| SampleSpec {
-            seed: i as u64,
-            condition: match sampler.conditional_classes() {
-                Some(c) => Condition::Class(i % c),
-                None => Condition::Unconditional,
-            },
-            guidance: Guidance {
-                scale: 3.0,
-                ..Guidance::default()
-            },
-        })
-        .collect();
-    let sample_s = time_it(args.iters.min(3), || {
-        sampler.sample(&specs, &PhiloxNoise, &mut |_| {})
-    })?;
+    let build = |steps: usize| {
+        schedule::build(
+            kind.kind(),
+            &scheduler_config,
+            steps,
+            &ScheduleOptions::default(),
+        )
+    };
+    let scheduler = build(args.steps)?;
+    let warmup_steps = args.steps.min(2);
+    let warmup_scheduler = build(warmup_steps)?;
+    let sampler = Sampler::new(b, &unet, scheduler.as_ref())?.with_size(h, w)?;
+    let counting_sampler =
+        Sampler::new(&counting, &unet, warmup_scheduler.as_ref())?.with_size(h, w)?;
+    let specs_for = |batch: usize| -> Vec<SampleSpec> {
+        (0..batch)
+            .map(|i| SampleSpec {
+                seed: i as u64,
+                condition: match (cross_dim, sampler.conditional_classes()) {
+                    (Some(d), _) => Condition::Embedding {
+                        cond: normal_vec(1000 + i as u64, NoiseStream::Custom(1 << 56), tokens * d),
+                        uncond: normal_vec(
+                            2000 + i as u64,
+                            NoiseStream::Custom(1 << 56),
+                            tokens * d,
+                        ),
+                        tokens,
+                    },
+                    (None, Some(c)) => Condition::Class(i % c),
+                    (None, None) => Condition::Unconditional,
+                },
+                guidance: Guidance {
+                    scale: CFG,
+                    ..Guidance::default()
+                },
+            })
+            .collect()
+    };
+    let runs = args.iters.min(3);
     println!(
-        "sample {images} images, {} {} steps, cfg 3 {:>7.2} s   {:>7.3} s/image",
-        args.steps,
+        "sampling, cfg {CFG}, {} {} steps, {h}×{w}, median of {runs} runs after a {warmup_steps}-step warm-up:",
         kind.name(),
-        sample_s,
-        sample_s / images as f64
+        args.steps,
     );
-
-    // The same run with reward-gradient guidance by the digit classifier at the
-    // defaults of `generate --reward`: what guidance adds to a CFG step.
-    let classifier_dir = crate::align::default_classifier_dir(&model_dir);
-    let shape = SampleShape::new(h, w, config.in_channels);
-    let reward = Classifier::load(&classifier_dir)
-        .and_then(|c| ClassifierReward::new(std::sync::Arc::new(c), 0))
-        .and_then(|r| r.check_shape(shape).map(|()| r));
-    match reward {
-        Ok(reward) => {
-            let alignment = Alignment {
-                reward: Some(&reward),
-                guidance: RewardGuidance::recommended(args.steps),
-                steering: Steering::NONE,
-            };
-            let guided_s = time_it(args.iters.min(3), || {
-                sampler.sample_aligned(&specs, &PhiloxNoise, &alignment, &mut |_| {})
+    println!("  images  rows/call    ms/step   images/s    GFLOP/s  of ceiling  peak RSS");
+    let mut results = Vec::new();
+    for &batch in batches {
+        let specs = specs_for(batch);
+        counting.take_stats();
+        counting_sampler.sample(&specs, &PhiloxNoise, &mut |_| {})?;
+        let flops_per_step = counting.take_flops() as f64 / warmup_steps as f64;
+        let mut step_times = Vec::new();
+        let mut walls = Vec::new();
+        for _ in 0..runs {
+            let mut last = 0.0;
+            let t = Instant::now();
+            sampler.sample(&specs, &PhiloxNoise, &mut |p| {
+                let now = p.elapsed.as_secs_f64();
+                step_times.push(now - last);
+                last = now;
             })?;
-            println!(
-                "  + reward guidance (defaults)    {:>7.2} s   {:>7.3} s/image  {:+.1}% per step vs cfg alone",
-                guided_s,
-                guided_s / images as f64,
-                100.0 * (guided_s / sample_s - 1.0)
-            );
+            walls.push(t.elapsed().as_secs_f64());
         }
-        Err(e) => println!(
-            "  reward guidance not timed: no usable classifier in {} ({e})",
-            classifier_dir.display()
-        ),
+        let wall_s = median(walls);
+        let gflops = flops_per_step * args.steps as f64 / wall_s / 1e9;
+        let r = BatchResult {
+            batch,
+            rows_per_call: rows_of(batch),
+            ms_per_step: median(step_times) * 1e3,
+            images_per_s: batch as f64 / wall_s,
+            gflops,
+            share: gflops / ceiling,
+            wall_s,
+            peak_rss_mib: peak_rss_mib(),
+        };
+        println!(
+            "  {:>6}  {:>9}  {:>9.2}  {:>9.2}  {:>9.1}  {:>9.0}%  {}",
+            r.batch,
+            r.rows_per_call,
+            r.ms_per_step,
+            r.images_per_s,
+            r.gflops,
+            100.0 * r.share,
+            opt_mib(r.peak_rss_mib)
+        );
+        results.push(r);
+    }
+
+    // Reward-gradient guidance by the digit classifier at the defaults of
+    // `generate --reward`, at the largest batch: what guidance adds to a CFG step.
+    let mut reward_json = Value::Null;
+    if let Source::Folder { dir, .. } = &source {
+        let classifier_dir = crate::align::default_classifier_dir(dir);
+        let shape = SampleShape::new(h, w, channels);
+        let reward = Classifier::load(&classifier_dir)
+            .and_then(|c| ClassifierReward::new(std::sync::Arc::new(c), 0))
+            .and_then(|r| r.check_shape(shape).map(|()| r));
+        let cfg_s = results
+            .iter()
+            .find(|r| r.batch == largest)
+            .map_or(f64::NAN, |r| r.wall_s);
+        match reward {
+            Ok(reward) if cross_dim.is_none() => {
+                let alignment = Alignment {
+                    reward: Some(&reward),
+                    guidance: RewardGuidance::recommended(args.steps),
+                    steering: Steering::NONE,
+                };
+                let specs = specs_for(largest);
+                let guided_s = time_it(runs, || {
+                    sampler.sample_aligned(&specs, &PhiloxNoise, &alignment, &mut |_| {})
+                })?;
+                println!(
+                    "  + reward guidance (defaults), {largest} images: {:.2} s, {:.3} s/image, {:+.1}% per step vs cfg alone",
+                    guided_s,
+                    guided_s / largest as f64,
+                    100.0 * (guided_s / cfg_s - 1.0)
+                );
+                reward_json = json!({
+                    "images": largest,
+                    "seconds": guided_s,
+                    "extra_per_step": guided_s / cfg_s - 1.0,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => println!(
+                "  reward guidance not timed: no usable classifier in {} ({e})",
+                classifier_dir.display()
+            ),
+        }
+    }
+
+    if let Some(path) = &args.json {
+        let report = json!({
+            "machine": {
+                "device": device,
+                "threads": threads,
+                "ceiling_gflops": ceiling,
+                "gemm": {"m": m, "k": k, "n": n, "ms": gemm_s * 1e3},
+            },
+            "model": {
+                "name": source.name(),
+                "parameters": params,
+                "height": h,
+                "width": w,
+                "channels": channels,
+                "encoder_tokens": cross_dim.map(|_| tokens),
+            },
+            "sampling": {
+                "scheduler": kind.name(),
+                "steps": args.steps,
+                "cfg": CFG,
+                "runs": runs,
+            },
+            "forward": {
+                "rows": rows,
+                "ms": forward_s * 1e3,
+                "gflop_per_call": flops / 1e9,
+                "gflops": rate,
+                "share_of_ceiling": rate / ceiling,
+                "ops": ops_json,
+            },
+            "batches": results.iter().map(|r| json!({
+                "batch": r.batch,
+                "rows_per_call": r.rows_per_call,
+                "ms_per_step": r.ms_per_step,
+                "images_per_s": r.images_per_s,
+                "gflops": r.gflops,
+                "share_of_ceiling": r.share,
+                "peak_rss_mib": r.peak_rss_mib,
+            })).collect::<Vec<_>>(),
+            "reward_guidance": reward_json,
+        });
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| CliError::Runtime(diffsteer::Error::invalid("--json", e.to_string())))?
+            + "\n";
+        diffsteer::fsutil::write_atomic(path, text.as_bytes())?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }
