@@ -63,5 +63,19 @@ PY
         --out /tmp/gen-throughput --overwrite --quiet || rc=1
     echo "512 images in $(( ($(date +%s%N) - start) / 1000000 )) ms"
 fi
+if [ -f weights/digits/config.json ]; then
+    echo "== reward guidance + Feynman-Kac steering on the GPU (rewards run on the host)"
+    start=$(date +%s%N)
+    "$bin" generate --device cuda --class none --reward classifier:3 --particles 4 --steer fk --count 20 \
+        --batch 20 --steps 50 --scheduler ddim --seed 1 --out /tmp/gen-steer --overwrite --quiet \
+        --grid "${OUT:-/tmp}/steer-cuda.png" --grid-scale 3 || rc=1
+    echo "20 steered threes (4 particles each) in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+
+    echo "== bench: digits model"
+    "$bin" bench --device cuda --batch 1,16,128 --steps 20 --iters 10 --json "${OUT:-/tmp}/bench-digits.json" || rc=1
+fi
+echo "== bench: SD1.5-shaped U-Net (random weights), 64x64 latents"
+"$bin" bench --device cuda --model sd15-shape --batch 1,2,8 --steps 10 --iters 5 --json "${OUT:-/tmp}/bench-sd15.json" || rc=1
+
 echo "gpu-check exit code: $rc"
 exit $rc
