@@ -74,9 +74,25 @@ impl CudaBackend {
     /// A buffer every element of which the caller's kernel writes.
     fn output(&self, len: usize) -> Result<CudaSlice<f32>> {
         // SAFETY: callers only use this for buffers their next kernel fully overwrites.
-        drv("allocating device memory", unsafe {
-            self.device.stream().alloc::<f32>(len.max(1))
-        })
+        unsafe { self.device.stream().alloc::<f32>(len.max(1)) }
+            .map_err(|e| self.allocation_error(len, e))
+    }
+
+    /// Names how much was asked for and how much the device has free, so an
+    /// out-of-memory error says by how much the request missed.
+    fn allocation_error(&self, len: usize, e: cudarc::driver::DriverError) -> Error {
+        let asked = (len.max(1) * std::mem::size_of::<f32>()) as f64 / (1u64 << 20) as f64;
+        let free = match self.device.memory() {
+            Ok((free, total)) => format!(
+                "{:.1} MiB of {:.1} MiB free",
+                free as f64 / (1u64 << 20) as f64,
+                total as f64 / (1u64 << 20) as f64
+            ),
+            Err(_) => "free memory unknown".to_string(),
+        };
+        Error::Cuda(format!(
+            "allocating {asked:.1} MiB of device memory failed ({free}): {e:?}"
+        ))
     }
 
     /// Row-major `c[m, n] = a[m, k] · b[k, n] + beta · c` through cuBLAS (which is
@@ -249,7 +265,11 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
-        let slice = drv("copying to the GPU", self.device.stream().clone_htod(&data))?;
+        let slice = self
+            .device
+            .stream()
+            .clone_htod(&data)
+            .map_err(|e| self.allocation_error(data.len(), e))?;
         Tensor::from_cuda(shape, slice)
     }
 

@@ -38,6 +38,10 @@ pub fn library_presence() -> LibraryPresence {
     }
 }
 
+/// The oldest GPU generation the kernels are written for (warp-synchronous
+/// shuffles without implicit warp convergence, FP32 atomics): Volta, sm_70.
+const MIN_COMPUTE_MAJOR: i32 = 7;
+
 fn driver_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{what}: {e:?}"))
 }
@@ -71,6 +75,11 @@ impl CudaDevice {
         let (major, minor) = context
             .compute_capability()
             .map_err(driver_err("reading the compute capability"))?;
+        if major < MIN_COMPUTE_MAJOR {
+            return Err(Error::Cuda(format!(
+                "GPU {ordinal} has compute capability {major}.{minor}; the kernels need {MIN_COMPUTE_MAJOR}.0 (Volta) or newer"
+            )));
+        }
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
