@@ -261,7 +261,8 @@ pub struct AlignArgs {
     pub classifier: Option<PathBuf>,
 
     /// Guidance step size: ρ, the RMS change per pixel of x0 per step (x0 form), or
-    /// s (eps form). 0 = no gradient (particles only).
+    /// s (eps form). 0 = no gradient (particles only). Default 0.4 (x0 form; the eps
+    /// form needs it given).
     #[arg(long = "reward-scale", value_name = "S", value_parser = parse_non_negative_f32, allow_negative_numbers = true)]
     pub reward_scale: Option<f32>,
 
@@ -270,15 +271,16 @@ pub struct AlignArgs {
     pub reward_form: Option<RewardFormArg>,
 
     /// How the x0-form step follows the noise level: `noise` = ρ·√(1−ᾱ_t) (large while
-    /// the estimate is blurry, small near the end), `constant` = ρ.
+    /// the estimate is blurry, small near the end), `constant` = ρ (the default).
     #[arg(long = "reward-schedule", value_enum, value_name = "S")]
     pub reward_schedule: Option<RhoScheduleArg>,
 
     /// Steps START:STOP (0-based, stop exclusive) where reward guidance acts.
+    /// Default: all but the last tenth of the steps.
     #[arg(long = "reward-window", value_name = "START:STOP", value_parser = parse_interval)]
     pub reward_window: Option<(usize, usize)>,
 
-    /// Gradient evaluations per step (x0 form).
+    /// Gradient evaluations per step (x0 form). Default 1.
     #[arg(long = "reward-iters", value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
     pub reward_iters: Option<usize>,
 
@@ -286,7 +288,7 @@ pub struct AlignArgs {
     #[arg(long = "reward-raw")]
     pub reward_raw: bool,
 
-    /// Recurrence: take each guided step K times, re-noising in between.
+    /// Recurrence: take each guided step K times, re-noising in between. Default 1.
     #[arg(long, value_name = "K", value_parser = parse_positive, allow_negative_numbers = true)]
     pub recur: Option<usize>,
 
@@ -298,19 +300,20 @@ pub struct AlignArgs {
     #[arg(long, value_enum, value_name = "METHOD")]
     pub steer: Option<SteerArg>,
 
-    /// Feynman-Kac potential: diff (reward increase), max (best so far), sum.
+    /// Feynman-Kac potential: diff (reward increase; the default), max (best so
+    /// far), sum.
     #[arg(long = "fk-potential", value_enum, value_name = "P")]
     pub fk_potential: Option<PotentialArg>,
 
-    /// Feynman-Kac λ: weights are exp(λ·Δφ).
+    /// Feynman-Kac λ: weights are exp(λ·Δφ). Default 10.
     #[arg(long = "fk-lambda", value_name = "L", value_parser = parse_non_negative, allow_negative_numbers = true)]
     pub fk_lambda: Option<f64>,
 
-    /// Resample every K steps.
+    /// Resample every K steps. Default 5.
     #[arg(long = "fk-every", value_name = "K", value_parser = parse_positive, allow_negative_numbers = true)]
     pub fk_every: Option<usize>,
 
-    /// Steps START:STOP after which resampling may happen.
+    /// Steps START:STOP after which resampling may happen. Default: all.
     #[arg(long = "fk-window", value_name = "START:STOP", value_parser = parse_interval)]
     pub fk_window: Option<(usize, usize)>,
 
