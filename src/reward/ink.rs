@@ -1,7 +1,7 @@
 //! The ink reward: steers how much of the image is "ink" (bright), a simple,
 //! model-free target that needs no classifier and shows reward guidance at work.
 
-use super::{Reward, SampleShape};
+use super::{check_gradient_buffer, Reward, SampleShape};
 use crate::error::{Error, Result};
 
 /// The width σ of the ink reward's Gaussian: an ink fraction 0.05 off the target
@@ -58,18 +58,7 @@ impl Reward for InkReward {
     ) -> Result<Vec<f32>> {
         self.check_shape(shape)?;
         let n = shape.count(x0, "ink reward")?;
-        if let Some(g) = &grad {
-            if g.len() != x0.len() {
-                return Err(Error::shape(
-                    "ink reward",
-                    format!(
-                        "the gradient buffer holds {} values, the samples {}",
-                        g.len(),
-                        x0.len()
-                    ),
-                ));
-            }
-        }
+        check_gradient_buffer("ink reward", x0, grad.as_deref())?;
         let per = shape.len();
         let var = (INK_SIGMA as f64).powi(2);
         let mut rewards = Vec::with_capacity(n);

@@ -62,6 +62,21 @@ impl SampleShape {
     }
 }
 
+/// An error unless a gradient buffer, when given, matches the samples it is for.
+pub fn check_gradient_buffer(what: &str, x0: &[f32], grad: Option<&[f32]>) -> Result<()> {
+    match grad {
+        Some(g) if g.len() != x0.len() => Err(Error::shape(
+            what,
+            format!(
+                "the gradient buffer holds {} values, the samples {}",
+                g.len(),
+                x0.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl std::fmt::Display for SampleShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}×{}×{}", self.height, self.width, self.channels)

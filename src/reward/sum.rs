@@ -3,7 +3,7 @@
 //! [`WeightedSum::evaluate_terms`] also hands back each term's own values for the
 //! metadata without evaluating anything twice.
 
-use super::{Reward, SampleShape};
+use super::{check_gradient_buffer, Reward, SampleShape};
 use crate::error::{Error, Result};
 
 /// Σₖ wₖ·rₖ(x₀), with gradient Σₖ wₖ·∂rₖ/∂x₀.
@@ -55,18 +55,7 @@ impl WeightedSum {
         mut grad: Option<&mut [f32]>,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         let n = shape.count(x0, "reward")?;
-        if let Some(g) = &grad {
-            if g.len() != x0.len() {
-                return Err(Error::shape(
-                    "reward gradient",
-                    format!(
-                        "the gradient buffer holds {} values, the samples {}",
-                        g.len(),
-                        x0.len()
-                    ),
-                ));
-            }
-        }
+        check_gradient_buffer("reward gradient", x0, grad.as_deref())?;
         if let Some(g) = grad.as_deref_mut() {
             g.fill(0.0);
         }

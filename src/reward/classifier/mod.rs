@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rayon::prelude::*;
 
-use super::{Reward, SampleShape};
+use super::{check_gradient_buffer, Reward, SampleShape};
 use crate::backend::cpu::{vmath, CpuBackend};
 use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
@@ -277,18 +277,7 @@ impl Classifier {
                 ),
             ));
         }
-        if let Some(g) = &grad {
-            if g.len() != x.len() {
-                return Err(Error::shape(
-                    "classifier gradient",
-                    format!(
-                        "the gradient buffer holds {} values, the input {}",
-                        g.len(),
-                        x.len()
-                    ),
-                ));
-            }
-        }
+        check_gradient_buffer("classifier gradient", x, grad.as_deref())?;
         let want_grad = grad.is_some();
         let (logits, saved) = self.forward(x, n, want_grad)?;
         let k = self.num_classes;
