@@ -160,6 +160,35 @@ fn one_guided_step_moves_x0_by_the_hand_derived_amount() {
 }
 
 #[test]
+fn reward_guidance_acts_on_the_cfg_combined_prediction() {
+    let backend = CpuBackend::new();
+    let unet = unet(&backend);
+    let sched = scheduler(SchedulerKind::Ddim, 1, 0.0);
+    let sampler = Sampler::new(&backend, &unet, sched.as_ref()).expect("sampler");
+    let cfg_specs: Vec<SampleSpec> = (0..2)
+        .map(|i| SampleSpec {
+            seed: 7 + i,
+            condition: Condition::Class(3 + i as usize),
+            guidance: Guidance::cfg(3.0),
+        })
+        .collect();
+    let plain = run(&sampler, &cfg_specs, &Alignment::none()).expect("cfg alone");
+    let reward = Quadratic { target: -0.5 };
+    let alignment = Alignment {
+        reward: Some(&reward),
+        guidance: raw(RewardForm::X0, 0.25, 1),
+        steering: Steering::NONE,
+    };
+    let guided = run(&sampler, &cfg_specs, &alignment).expect("cfg + reward");
+    // One step lands on x̂₀ of the CFG-combined output, moved a quarter of the way to c.
+    for (p, g) in plain.iter().zip(&guided) {
+        let expected: Vec<f32> = p.data.iter().map(|&x| x + 0.25 * (-0.5 - x)).collect();
+        let err = rel_l2(&g.data, &expected);
+        assert!(err < 2e-5, "rel L2 {err}");
+    }
+}
+
+#[test]
 fn normalised_steps_change_each_pixel_by_rho_in_rms() {
     let backend = CpuBackend::new();
     let unet = unet(&backend);
