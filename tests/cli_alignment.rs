@@ -80,6 +80,8 @@ fn steered_generation_records_rewards_and_particles() {
         assert!((total - (classifier + 0.5 * ink)).abs() < 1e-4 * total.abs().max(1.0));
         assert!(line["particle"].as_u64().expect("particle") < 3);
         assert_eq!(line["steering"]["method"], "fk");
+        // --class none: classifier-free guidance does not apply.
+        assert!(line["cfg"].is_null(), "{line}");
         // Feynman-Kac on DDIM draws fresh noise by default.
         assert_eq!(line["eta"], 1.0);
     }

@@ -286,14 +286,16 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
             )?;
             let file = image_name(index);
             write_atomic(&args.out.join(&file), &image.encode_png()?)?;
+            // CFG needs a condition: an unconditional sample records none.
+            let cfg_applies = !matches!(spec.condition, Condition::Unconditional);
             let mut line = json!({
                 "file": file,
                 "seed": spec.seed,
                 "class": class,
                 "steps": scheduler.num_steps(),
                 "scheduler": scheduler_arg.name(),
-                "cfg": args.cfg,
-                "cfg_rescale": args.cfg_rescale,
+                "cfg": cfg_applies.then_some(args.cfg),
+                "cfg_rescale": cfg_applies.then_some(args.cfg_rescale),
                 "eta": eta,
                 "karras": args.karras,
                 "model": model_dir.display().to_string(),
