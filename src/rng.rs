@@ -112,8 +112,10 @@ fn uniform_open(word: u32) -> f64 {
     (word as f64 + 0.5) * (1.0 / 4_294_967_296.0)
 }
 
-fn normals_of_block(seed: u64, stream: u64, block: u64) -> [f32; 4] {
-    let w = philox4x32_10(
+/// The four Philox words of `block` of `(seed, stream)`: counter
+/// `[block_lo, block_hi, stream_lo, stream_hi]`, key `[seed_lo, seed_hi]`.
+fn block_words(seed: u64, stream: u64, block: u64) -> [u32; 4] {
+    philox4x32_10(
         [
             block as u32,
             (block >> 32) as u32,
@@ -121,7 +123,11 @@ fn normals_of_block(seed: u64, stream: u64, block: u64) -> [f32; 4] {
             (stream >> 32) as u32,
         ],
         [seed as u32, (seed >> 32) as u32],
-    );
+    )
+}
+
+fn normals_of_block(seed: u64, stream: u64, block: u64) -> [f32; 4] {
+    let w = block_words(seed, stream, block);
     let mut out = [0f32; 4];
     for pair in 0..2 {
         let radius = (-2.0 * uniform_open(w[2 * pair]).ln()).sqrt();
@@ -152,17 +158,7 @@ pub fn fill_normal(seed: u64, stream: NoiseStream, first_index: u64, out: &mut [
 /// Uniform number `index` in (0, 1) of `(seed, stream)`: the first Philox word of
 /// block `index`, as the normals use it.
 pub fn uniform(seed: u64, stream: NoiseStream, index: u64) -> f64 {
-    let stream = stream.id();
-    let w = philox4x32_10(
-        [
-            index as u32,
-            (index >> 32) as u32,
-            stream as u32,
-            (stream >> 32) as u32,
-        ],
-        [seed as u32, (seed >> 32) as u32],
-    );
-    uniform_open(w[0])
+    uniform_open(block_words(seed, stream.id(), index)[0])
 }
 
 /// `len` standard normals of `(seed, stream)` starting at index 0.

@@ -79,11 +79,20 @@ fn interval(window: Option<(usize, usize)>) -> GuidanceInterval {
         .unwrap_or(GuidanceInterval::ALWAYS)
 }
 
-/// Resolves the alignment flags of a run with `num_steps` steps; the model folder
-/// locates the default classifier.
+/// Where `classifier:` rewards load from: `--classifier`, else the default next to
+/// the model folder. One context loads the classifier once for every resolve.
+pub fn reward_context(args: &AlignArgs, model_dir: &Path) -> RewardContext {
+    RewardContext::new(
+        args.classifier
+            .clone()
+            .unwrap_or_else(|| default_classifier_dir(model_dir)),
+    )
+}
+
+/// Resolves the alignment flags of a run with `num_steps` steps.
 pub fn resolve(
     args: &AlignArgs,
-    model_dir: &Path,
+    ctx: &RewardContext,
     num_steps: usize,
 ) -> Result<AlignmentSetup, CliError> {
     let reward = if args.rewards.is_empty() {
@@ -107,20 +116,16 @@ pub fn resolve(
         }
         None
     } else {
-        let dir = args
-            .classifier
-            .clone()
-            .unwrap_or_else(|| default_classifier_dir(model_dir));
-        let ctx = RewardContext::new(dir.clone());
-        Some(
-            parse_reward_specs(&args.rewards, &ctx).map_err(|e| match e {
-                Error::InvalidArgument { message, .. } => usage("--reward", message),
-                other => usage(
-                    "--classifier",
-                    format!("cannot load the classifier in {}: {other}", dir.display()),
+        Some(parse_reward_specs(&args.rewards, ctx).map_err(|e| match e {
+            Error::InvalidArgument { message, .. } => usage("--reward", message),
+            other => usage(
+                "--classifier",
+                format!(
+                    "cannot load the classifier in {}: {other}",
+                    ctx.classifier_dir.display()
                 ),
-            })?,
-        )
+            ),
+        })?)
     };
 
     let defaults = RewardGuidance::recommended(num_steps);

@@ -13,7 +13,7 @@ use diffsteer::guidance::Guidance;
 use diffsteer::image::Image8;
 use diffsteer::model::ModelFolder;
 use diffsteer::plot::{Chart, Series};
-use diffsteer::reward::{Classifier, SampleShape};
+use diffsteer::reward::SampleShape;
 use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions};
 
@@ -167,6 +167,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         .ok_or_else(|| usage("--model", "the model config has no sample_size"))?;
     let shape = SampleShape::new(height, width, unet.config().in_channels);
 
+    let reward_ctx = align::reward_context(&args.align, &model_dir);
     // Resolve every setting before any sampling, so bad input costs nothing.
     let first_target = args
         .targets
@@ -176,7 +177,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
     let mut settings = Vec::new();
     for value in &args.sweep.values {
         let flags = with_setting(&args.align, &args.sweep.key, value)?;
-        let setup = align::resolve(&for_target(&flags, first_target), &model_dir, args.steps)?;
+        let setup = align::resolve(&for_target(&flags, first_target), &reward_ctx, args.steps)?;
         let eta = align::resolve_eta(&setup, args.eta, scheduler_arg.kind())?;
         setup
             .alignment()
@@ -184,12 +185,9 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
             .map_err(align::flag_error)?;
         settings.push((value.clone(), flags, eta));
     }
-    let classifier_dir = args
-        .align
-        .classifier
-        .clone()
-        .unwrap_or_else(|| align::default_classifier_dir(&model_dir));
-    let classifier = Classifier::load(&classifier_dir).map_err(|e| usage("--classifier", e))?;
+    let classifier = reward_ctx
+        .classifier()
+        .map_err(|e| usage("--classifier", e))?;
     let targets = args
         .targets
         .clone()
@@ -200,7 +198,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
             "--targets",
             format!(
                 "{t} is not a class of the classifier in {} (0..={})",
-                classifier_dir.display(),
+                reward_ctx.classifier_dir.display(),
                 classifier.num_classes() - 1
             ),
         ));
@@ -233,7 +231,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         let mut tiles = Vec::new();
         let mut rows = 0.0;
         for &target in &targets {
-            let setup = align::resolve(&for_target(flags, target), &model_dir, args.steps)?;
+            let setup = align::resolve(&for_target(flags, target), &reward_ctx, args.steps)?;
             rows = rows_per_image(&setup, scheduler.num_steps(), uses_cfg);
             let alignment = setup.alignment();
             let specs: Vec<SampleSpec> = (0..args.count as u64)

@@ -147,7 +147,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
         .scheduler
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
         .unwrap_or(SchedulerArg::Ddim);
-    let setup = align::resolve(&args.align, &model_dir, args.steps)?;
+    let rewards = align::reward_context(&args.align, &model_dir);
+    let setup = align::resolve(&args.align, &rewards, args.steps)?;
     let eta = align::resolve_eta(&setup, args.eta, scheduler_arg.kind())?;
     let options = ScheduleOptions {
         eta,
