@@ -170,11 +170,30 @@ fn group_norm_matches_per_group_statistics() {
 
 #[test]
 fn attention_matches_softmax_attention() {
+    // Head dims of the GEMM path (5, 40) and of the small-head SIMD path (8 to 32),
+    // with query and key counts that are not whole blocks or vectors.
+    for (case, &(batch, lq, lk, heads, d)) in [
+        (2, 70, 9, 3, 5),
+        (2, 70, 9, 3, 8),
+        (1, 131, 196, 2, 8),
+        (2, 5, 49, 8, 8),
+        (1, 67, 23, 2, 16),
+        (1, 9, 77, 2, 24),
+        (1, 66, 13, 1, 32),
+        (1, 33, 77, 2, 40),
+    ]
+    .iter()
+    .enumerate()
+    {
+        attention_case(case as u64, batch, lq, lk, heads, d);
+    }
+}
+
+fn attention_case(case: u64, batch: usize, lq: usize, lk: usize, heads: usize, d: usize) {
     let b = CpuBackend::new();
-    let (batch, lq, lk, heads, d) = (2, 70, 9, 3, 5);
-    let q = random(&[batch, lq, heads * d], 60);
-    let k = random(&[batch, lk, heads * d], 61);
-    let v = random(&[batch, lk, heads * d], 62);
+    let q = random(&[batch, lq, heads * d], 60 + 3 * case);
+    let k = random(&[batch, lk, heads * d], 61 + 3 * case);
+    let v = random(&[batch, lk, heads * d], 62 + 3 * case);
     let out = b
         .to_host(
             &b.attention(&tensor(&b, &q), &tensor(&b, &k), &tensor(&b, &v), heads)
@@ -210,7 +229,7 @@ fn attention_matches_softmax_attention() {
         }
     }
     let err = rel_l2(&out, &reference);
-    assert!(err < 1e-6, "relative L2 {err:e}");
+    assert!(err < 1e-6, "case {case} (d = {d}): relative L2 {err:e}");
 }
 
 #[test]

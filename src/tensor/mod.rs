@@ -4,6 +4,9 @@
 //! needed between convolutions and attention.
 
 pub mod dtype;
+pub mod pool;
+
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
@@ -24,6 +27,10 @@ fn on_gpu() -> Error {
 pub struct Tensor {
     shape: Vec<usize>,
     storage: Storage,
+    /// A backend's precomputed form of these values (the CPU backend keeps the
+    /// Winograd transform of a 3×3 convolution weight here), made on first use and
+    /// dropped whenever the values can change.
+    derived: OnceLock<Vec<f32>>,
 }
 
 impl Tensor {
@@ -42,6 +49,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cpu(data),
+            derived: OnceLock::new(),
         })
     }
 
@@ -62,7 +70,15 @@ impl Tensor {
     }
 
     pub fn storage_mut(&mut self) -> &mut Storage {
+        self.derived.take();
         &mut self.storage
+    }
+
+    /// The derived form of this tensor's values that `make` computes, computed on
+    /// the first call and kept until the values change. One tensor has one derived
+    /// form: callers use this only for tensors with a single consumer (weights).
+    pub fn derived(&self, make: impl FnOnce() -> Vec<f32>) -> &[f32] {
+        self.derived.get_or_init(make)
     }
 
     /// The same elements under a new shape with the same element count.
@@ -75,6 +91,7 @@ impl Tensor {
             ));
         }
         self.shape = shape.to_vec();
+        self.derived.take();
         Ok(self)
     }
 
@@ -112,6 +129,7 @@ impl Tensor {
     }
 
     pub fn cpu_data_mut(&mut self) -> Result<&mut [f32]> {
+        self.derived.take();
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
             #[cfg(feature = "cuda")]
@@ -120,9 +138,9 @@ impl Tensor {
     }
 
     /// Consumes a CPU tensor into its elements.
-    pub fn into_cpu_vec(self) -> Result<Vec<f32>> {
-        match self.storage {
-            Storage::Cpu(v) => Ok(v),
+    pub fn into_cpu_vec(mut self) -> Result<Vec<f32>> {
+        match &mut self.storage {
+            Storage::Cpu(v) => Ok(std::mem::take(v)),
             #[cfg(feature = "cuda")]
             Storage::Cuda(_) => Err(on_gpu()),
         }
@@ -144,6 +162,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             storage: Storage::Cuda(data),
+            derived: OnceLock::new(),
         })
     }
 
@@ -159,11 +178,21 @@ impl Tensor {
 
     #[cfg(feature = "cuda")]
     pub fn cuda_data_mut(&mut self) -> Result<&mut cudarc::driver::CudaSlice<f32>> {
+        self.derived.take();
         match &mut self.storage {
             Storage::Cuda(v) => Ok(v),
             Storage::Cpu(_) => Err(Error::Cuda(
                 "the tensor lives on the CPU, not on the GPU".into(),
             )),
+        }
+    }
+}
+
+impl Drop for Tensor {
+    #[allow(irrefutable_let_patterns)] // without the `cuda` feature
+    fn drop(&mut self) {
+        if let Storage::Cpu(v) = &mut self.storage {
+            pool::recycle(std::mem::take(v));
         }
     }
 }

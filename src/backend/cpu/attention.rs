@@ -5,32 +5,20 @@
 use rayon::prelude::*;
 
 use super::matmul::{matmul, MatRef};
+use super::shared_out::SharedOut;
 use crate::backend::shapes::AttentionDims;
 
 const QUERY_BLOCK: usize = 64;
 
-/// A raw output pointer shared by tasks that write disjoint regions.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32, usize);
-// SAFETY: every task writes a disjoint set of (row, head) blocks of the buffer.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    // Methods (not field access) so closures capture the whole Send + Sync wrapper.
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-    fn len(&self) -> usize {
-        self.1
-    }
-}
-
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_simd::applies(s) {
+        return super::attention_simd::attention(q, k, v, s);
+    }
     let width = s.heads * s.head_dim;
-    let mut out = vec![0f32; s.batch * s.q_len * width];
+    let mut out = crate::tensor::pool::zeroed(s.batch * s.q_len * width);
     let blocks = s.q_len.div_ceil(QUERY_BLOCK);
-    let shared = SharedOut(out.as_mut_ptr(), out.len());
+    let shared = SharedOut::new(&mut out);
     let scale = 1.0 / (s.head_dim as f32).sqrt();
 
     (0..s.batch * s.heads * blocks)
@@ -73,7 +61,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32>
                 row_stride: width,
                 col_stride: 1,
             };
-            let mut block_out = vec![0f32; rows * s.head_dim];
+            let mut block_out = crate::tensor::pool::zeroed(rows * s.head_dim);
             matmul(
                 &mut block_out,
                 s.head_dim,

@@ -21,7 +21,7 @@ pub fn conv2d(
     let rows = s.batch * s.out_height * s.out_width;
     let k = s.kernel_h * s.kernel_w * s.in_channels;
     let cout = s.out_channels;
-    let mut out = vec![0f32; rows * cout];
+    let mut out = crate::tensor::pool::for_overwrite(rows * cout);
     if rows == 0 || cout == 0 {
         return out;
     }

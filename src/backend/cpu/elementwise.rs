@@ -42,7 +42,7 @@ pub fn add_channel_bias_assign(x: &mut [f32], bias: &[f32], pixels: usize, c: us
 
 pub fn geglu(x: &[f32], f: usize) -> Vec<f32> {
     let rows = x.len() / (2 * f);
-    let mut out = vec![0f32; rows * f];
+    let mut out = crate::tensor::pool::for_overwrite(rows * f);
     let rows_per_task = (CHUNK / f).max(1);
     out.par_chunks_mut(rows_per_task * f)
         .zip(x.par_chunks(rows_per_task * 2 * f))
@@ -63,7 +63,7 @@ pub fn upsample_nearest(
     out_h: usize,
     out_w: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; n * out_h * out_w * c];
+    let mut out = crate::tensor::pool::for_overwrite(n * out_h * out_w * c);
     // PyTorch's `nearest` with an explicit size: src = floor(dst · (in / out)) in f32.
     let sy = h as f32 / out_h as f32;
     let sx = w as f32 / out_w as f32;
@@ -84,7 +84,7 @@ pub fn upsample_nearest(
 
 pub fn concat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize, pixels: usize) -> Vec<f32> {
     let c = ca + cb;
-    let mut out = vec![0f32; pixels * c];
+    let mut out = crate::tensor::pool::for_overwrite(pixels * c);
     let px_per_task = (CHUNK / c).max(1);
     out.par_chunks_mut(px_per_task * c)
         .enumerate()

@@ -3,11 +3,15 @@
 //! `RAYON_NUM_THREADS`); matrix products use the `gemm` crate's SIMD kernels.
 
 mod attention;
+mod attention_simd;
 mod conv;
 pub mod elementwise;
 pub mod matmul;
 mod norm;
+mod shared_out;
+mod small_gemm;
 pub mod vmath;
+mod winograd;
 
 use crate::backend::shapes::{self, ConvDims};
 use crate::backend::{Backend, Conv2dGeometry};
@@ -45,7 +49,11 @@ impl Backend for CpuBackend {
     ) -> Result<Tensor> {
         let dims = shapes::conv2d(x, weight, bias, geometry)?;
         let bias = bias.map(Tensor::cpu_data).transpose()?;
-        let out = conv::conv2d(x.cpu_data()?, weight.cpu_data()?, bias, &dims, geometry);
+        let out = if winograd::applies(&dims, geometry) {
+            winograd::conv2d(x.cpu_data()?, weight, bias, &dims, geometry)?
+        } else {
+            conv::conv2d(x.cpu_data()?, weight.cpu_data()?, bias, &dims, geometry)
+        };
         Tensor::from_vec(&dims.out_shape(), out)
     }
 

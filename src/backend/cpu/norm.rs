@@ -58,7 +58,7 @@ pub fn group_norm(
         }
     }
 
-    let mut out = vec![0f32; x.len()];
+    let mut out = crate::tensor::pool::for_overwrite(x.len());
     out.par_chunks_mut(STAT_CHUNK_PIXELS * c)
         .zip(x.par_chunks(STAT_CHUNK_PIXELS * c))
         .enumerate()
@@ -85,7 +85,7 @@ pub fn group_norm(
 }
 
 pub fn layer_norm(x: &[f32], cols: usize, gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = crate::tensor::pool::for_overwrite(x.len());
     out.par_chunks_mut(cols)
         .zip(x.par_chunks(cols))
         .for_each(|(d, s)| {

@@ -85,6 +85,7 @@ macro_rules! with_best_isa {
         $kernel::<false>($($arg),*)
     }};
 }
+pub(crate) use with_best_isa;
 
 #[inline(always)]
 fn silu_slice_body<const FMA: bool>(x: &mut [f32]) {
@@ -165,33 +166,59 @@ pub fn channel_sums(x: &[f32], c: usize) -> Vec<f64> {
 const LANES: usize = 8;
 
 #[inline(always)]
-fn softmax_body<const FMA: bool>(row: &mut [f32]) {
-    // Lane-wise partial max and sum so the reductions vectorise.
+fn max_body<const FMA: bool>(row: &[f32]) -> f32 {
+    // Lane-wise partial maxima so the reduction vectorises; `>` rather than
+    // `f32::max` because NaN handling would cost a blend per vector.
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for i in 0..LANES {
-            lanes[i] = lanes[i].max(chunk[i]);
+            lanes[i] = if chunk[i] > lanes[i] {
+                chunk[i]
+            } else {
+                lanes[i]
+            };
         }
     }
-    let max = chunks.remainder().iter().fold(
-        lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-        |m, &v| m.max(v),
-    );
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// The largest value of `row` (−∞ when empty; NaNs are skipped).
+pub fn max(row: &[f32]) -> f32 {
+    with_best_isa!(max_body(row))
+}
+
+#[inline(always)]
+fn exp_shifted_sum_body<const FMA: bool>(row: &mut [f32], shift: f32) -> f32 {
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for i in 0..LANES {
-            chunk[i] = exp_impl::<FMA>(chunk[i] - max);
+            chunk[i] = exp_impl::<FMA>(chunk[i] - shift);
             sums[i] += chunk[i];
         }
     }
     let mut sum: f32 = sums.iter().sum();
     for v in chunks.into_remainder() {
-        *v = exp_impl::<FMA>(*v - max);
+        *v = exp_impl::<FMA>(*v - shift);
         sum += *v;
     }
-    let inv = 1.0 / sum;
+    sum
+}
+
+/// `row ← e^(row − shift)`, returning the sum of the new values.
+pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
+    with_best_isa!(exp_shifted_sum_body(row, shift))
+}
+
+#[inline(always)]
+fn softmax_body<const FMA: bool>(row: &mut [f32]) {
+    let max = max_body::<FMA>(row);
+    let inv = 1.0 / exp_shifted_sum_body::<FMA>(row, max);
     for v in row.iter_mut() {
         *v *= inv;
     }

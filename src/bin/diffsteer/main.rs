@@ -20,21 +20,29 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error::report_clap(e),
     };
-    if let Some(threads) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-        {
+    // Every command runs on a worker of the pool, not on the main thread: a parallel
+    // op issued from inside the pool forks work cheaply, while one issued from
+    // outside hands the job over and sleeps until it is done (two thread switches
+    // per op, which dominates a small batch's forward).
+    let pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(cli.threads.unwrap_or(0))
+        .build()
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            let threads = cli
+                .threads
+                .map_or("the default number of".into(), |t| t.to_string());
             eprintln!("error: --threads: cannot start {threads} threads: {e}");
             return ExitCode::from(2);
         }
-    }
-    let result = match cli.command {
+    };
+    let result = pool.install(|| match cli.command {
         Command::Generate(args) => generate::run(&args),
         Command::Selftest(args) => selftest::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Eval(args) => eval::run(&args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(message)) => {

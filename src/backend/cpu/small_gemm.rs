@@ -1,0 +1,177 @@
+//! Products of small matrices whose right operand is already laid out for the
+//! microkernel (row-major, a whole number of 8-wide vectors per row): the 36 point
+//! products of a Winograd chunk. A general GEMM library packs both operands on every
+//! call, which costs more than the product itself at these sizes (a few rows, 16 to
+//! 128 columns); here the left operand is read in place through broadcasts and
+//! the right one streams from L1.
+
+use super::matmul::{matmul, MatRef};
+
+/// `dst[i·dst_stride + j] = Σ_p a[i·a_stride + p] · b[p·n + j]` for `i < m`,
+/// `j < n`, with `k` terms.
+///
+/// # Panics
+/// If an operand does not fit its slice (a bug in the caller, which sizes them).
+#[allow(clippy::too_many_arguments)]
+pub fn small_matmul(
+    dst: &mut [f32],
+    dst_stride: usize,
+    a: &[f32],
+    a_stride: usize,
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        (m - 1) * dst_stride + n <= dst.len()
+            && (m - 1) * a_stride + k <= a.len()
+            && k * n <= b.len(),
+        "small_matmul: operand does not fit its slice"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if n % LANES == 0
+        && k > 0
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: AVX2 and FMA are present; the bounds were checked above.
+        unsafe { avx2::product(dst, dst_stride, a, a_stride, b, m, k, n) };
+        return;
+    }
+    let lhs = MatRef {
+        data: a,
+        rows: m,
+        cols: k,
+        row_stride: a_stride,
+        col_stride: 1,
+    };
+    matmul(dst, dst_stride, lhs, MatRef::row_major(b, k, n), 1.0, false);
+}
+
+const LANES: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators, leaving
+    /// registers for the two right-operand vectors and a broadcast.
+    const ROWS: usize = 6;
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn product(
+        dst: &mut [f32],
+        dst_stride: usize,
+        a: &[f32],
+        a_stride: usize,
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        let (dst, a, b) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
+        let mut i = 0;
+        while i < m {
+            let rows = ROWS.min(m - i);
+            let (d, ai) = (dst.add(i * dst_stride), a.add(i * a_stride));
+            let mut j = 0;
+            while j + 2 * LANES <= n {
+                match rows {
+                    6 => tile::<6, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    5 => tile::<5, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    4 => tile::<4, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    3 => tile::<3, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    2 => tile::<2, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    _ => tile::<1, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                }
+                j += 2 * LANES;
+            }
+            if j < n {
+                match rows {
+                    6 => tile::<6, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    5 => tile::<5, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    4 => tile::<4, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    3 => tile::<3, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    2 => tile::<2, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                    _ => tile::<1, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+                }
+            }
+            i += rows;
+        }
+    }
+
+    /// One `R × (V·8)` block of the output over all `k` terms.
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const V: usize>(
+        dst: *mut f32,
+        dst_stride: usize,
+        a: *const f32,
+        a_stride: usize,
+        b: *const f32,
+        k: usize,
+        n: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
+        for p in 0..k {
+            let mut bv = [_mm256_setzero_ps(); V];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(b.add(p * n + v * LANES));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r * a_stride + p));
+                for (x, y) in row.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, *y, *x);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(r * dst_stride + v * LANES), *x);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_a_naive_product_for_every_row_and_column_remainder() {
+        for &(m, k, n) in &[
+            (1, 1, 8),
+            (7, 5, 24),
+            (13, 32, 40),
+            (6, 64, 64),
+            (3, 3, 5),
+            (11, 17, 16),
+        ] {
+            let (a_stride, dst_stride) = (k + 3, n + 5);
+            let a: Vec<f32> = (0..m * a_stride)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.125)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.25)
+                .collect();
+            let mut dst = vec![f32::NAN; m * dst_stride];
+            small_matmul(&mut dst, dst_stride, &a, a_stride, &b, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|p| a[i * a_stride + p] * b[p * n + j]).sum();
+                    let got = dst[i * dst_stride + j];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "({m},{k},{n}) at ({i},{j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

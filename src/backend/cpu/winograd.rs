@@ -1,0 +1,507 @@
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering F(4×4, 3×3) (Lavin &
+//! Gray 2016): each 4×4 block of output pixels is computed from a 6×6 input tile
+//! with 36 multiplications per (input, output) channel pair instead of 144.
+//!
+//! NHWC makes every transform a loop over contiguous channels, so they vectorise.
+//! Output tiles are taken in chunks; one rayon task transforms its chunk's inputs
+//! into a `[tile][36][c_in]` buffer, runs one GEMM per transform point against the
+//! transformed weights `[36][c_in][c_out]`, and transforms the `[tile][36][c_out]`
+//! products back into output pixels. The chunk is sized to stay in L2.
+//!
+//! The interpolation points are 0, ±1, ±2 (and ∞). Weights are transformed in f64
+//! and rounded once, so the only extra rounding is in the two data transforms;
+//! the U-Net fixture tests check the whole forward against diffusers.
+
+use rayon::prelude::*;
+
+use super::shared_out::SharedOut;
+use super::small_gemm::small_matmul;
+use super::vmath::with_best_isa;
+use crate::backend::shapes::ConvDims;
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+use crate::tensor::{pool, Tensor};
+
+/// Output pixels per tile side.
+const TILE: usize = 4;
+/// Input pixels per tile side: TILE + kernel − 1.
+const SPAN: usize = 6;
+/// Transform points per tile.
+const POINTS: usize = SPAN * SPAN;
+/// Below this many input channels the im2col GEMM (K = 9·c_in) wins: the
+/// transforms cost as much as the multiplications they save.
+const MIN_IN_CHANNELS: usize = 16;
+/// Tiles below which the product's register tile runs short of rows.
+const MIN_TILES_PER_CHUNK: usize = 6;
+/// Floats of transformed inputs plus products one task keeps (≈ 1 MiB, half an L2).
+const CHUNK_FLOATS: usize = 1 << 18;
+
+/// `Bᵀ` of F(4×4, 3×3): data transform rows (`data_transform` spells them out).
+#[cfg(test)]
+const BT: [[f64; SPAN]; SPAN] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+
+/// `G` of F(4×4, 3×3): filter transform rows.
+const G: [[f64; 3]; SPAN] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Whether [`conv2d`] computes this convolution.
+pub fn applies(s: &ConvDims, g: &Conv2dGeometry) -> bool {
+    s.kernel_h == 3 && s.kernel_w == 3 && g.stride == 1 && s.in_channels >= MIN_IN_CHANNELS
+}
+
+/// The convolution of `x` (NHWC) with `weight` (`[3, 3, c_in, c_out]`); the caller
+/// checked [`applies`]. The transformed weights are kept with the weight tensor.
+pub fn conv2d(
+    x: &[f32],
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    s: &ConvDims,
+    g: &Conv2dGeometry,
+) -> Result<Vec<f32>> {
+    let (cin, cout) = (s.in_channels, s.out_channels);
+    let mut out = pool::for_overwrite(s.rows() * cout);
+    let tiles_y = s.out_height.div_ceil(TILE);
+    let tiles_x = s.out_width.div_ceil(TILE);
+    let tiles = s.batch * tiles_y * tiles_x;
+    if tiles == 0 || cout == 0 {
+        return Ok(out);
+    }
+    let raw = weight.cpu_data()?;
+    let u = weight.derived(|| transform_weights(raw, cin, cout));
+    // One chunk per thread when that fits in cache, so that small batches use every
+    // core, but never fewer tiles than one register tile of the product. Results do
+    // not depend on the chunking: every output sums its terms in the same order.
+    let per_chunk = (CHUNK_FLOATS / (POINTS * (cin + cout)))
+        .min(tiles.div_ceil(rayon::current_num_threads()))
+        .max(MIN_TILES_PER_CHUNK.min(tiles));
+    let chunks = tiles.div_ceil(per_chunk);
+    let shared = SharedOut::new(&mut out);
+    let layout = TileLayout {
+        s: *s,
+        pad_top: g.pad_top,
+        pad_left: g.pad_left,
+        tiles_y,
+        tiles_x,
+    };
+
+    (0..chunks).into_par_iter().for_each_init(
+        || Scratch {
+            v: pool::for_overwrite(per_chunk * POINTS * cin),
+            m: pool::for_overwrite(per_chunk * POINTS * cout),
+            d: vec![0.0; 2 * POINTS * cin.max(cout)],
+        },
+        |scratch, chunk| {
+            let first = chunk * per_chunk;
+            let n = per_chunk.min(tiles - first);
+            let Scratch { v, m, d } = scratch;
+            input_tiles_best(x, &layout, first, n, v, d);
+            for point in 0..POINTS {
+                small_matmul(
+                    &mut m[point * cout..],
+                    POINTS * cout,
+                    &v[point * cin..],
+                    POINTS * cin,
+                    &u[point * cin * cout..(point + 1) * cin * cout],
+                    n,
+                    cin,
+                    cout,
+                );
+            }
+            output_tiles_best(m, bias, &layout, first, n, shared, d);
+        },
+    );
+    Ok(out)
+}
+
+struct Scratch {
+    /// Transformed inputs, `[tile][point][c_in]`.
+    v: Vec<f32>,
+    /// Products, `[tile][point][c_out]`.
+    m: Vec<f32>,
+    /// Per-tile staging for the separable transforms.
+    d: Vec<f32>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.v));
+        pool::recycle(std::mem::take(&mut self.m));
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TileLayout {
+    s: ConvDims,
+    pad_top: usize,
+    pad_left: usize,
+    tiles_y: usize,
+    tiles_x: usize,
+}
+
+impl TileLayout {
+    /// (image, first output row, first output column) of tile `t`.
+    fn origin(&self, t: usize) -> (usize, usize, usize) {
+        let tx = t % self.tiles_x;
+        let ty = (t / self.tiles_x) % self.tiles_y;
+        let b = t / (self.tiles_x * self.tiles_y);
+        (b, ty * TILE, tx * TILE)
+    }
+}
+
+/// `U = G·g·Gᵀ` for every (c_in, c_out) pair, as `[point][c_in][c_out]`.
+fn transform_weights(weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    let plane = cin * cout;
+    let mut u = vec![0f32; POINTS * plane];
+    u.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(point, dst)| {
+            let (i, j) = (point / SPAN, point % SPAN);
+            for (e, d) in dst.iter_mut().enumerate() {
+                let mut acc = 0f64;
+                for a in 0..3 {
+                    for b in 0..3 {
+                        let coef = G[i][a] * G[j][b];
+                        if coef != 0.0 {
+                            acc += coef * weight[(a * 3 + b) * plane + e] as f64;
+                        }
+                    }
+                }
+                *d = acc as f32;
+            }
+        });
+    u
+}
+
+/// Six rows of `c` values, `stride` apart, starting at `block`'s start.
+#[inline(always)]
+fn six_rows(block: &[f32], stride: usize, c: usize) -> [&[f32]; SPAN] {
+    std::array::from_fn(|k| &block[k * stride..k * stride + c])
+}
+
+/// The first `n` consecutive rows of `c` values of `block`, as separate slices.
+#[inline(always)]
+fn rows_mut<const N: usize>(block: &mut [f32], c: usize) -> [&mut [f32]; N] {
+    let mut rows = block[..N * c].chunks_exact_mut(c);
+    std::array::from_fn(|_| rows.next().unwrap_or_default())
+}
+
+/// `y = Bᵀ·x` over six vectors of channels.
+#[inline(always)]
+fn data_transform<const FMA: bool>(x: [&[f32]; SPAN], y: [&mut [f32]; SPAN]) {
+    let n = y[0].len();
+    let [x0, x1, x2, x3, x4, x5] = x.map(|r| &r[..n]);
+    let [y0, y1, y2, y3, y4, y5] = y;
+    let (y1, y2, y3, y4, y5) = (
+        &mut y1[..n],
+        &mut y2[..n],
+        &mut y3[..n],
+        &mut y4[..n],
+        &mut y5[..n],
+    );
+    for c in 0..n {
+        let (a, b) = (x1[c], x2[c]);
+        let (p, q) = (x3[c], x4[c]);
+        y0[c] = 4.0 * x0[c] - 5.0 * b + q;
+        y1[c] = -4.0 * (a + b) + p + q;
+        y2[c] = 4.0 * (a - b) - p + q;
+        y3[c] = 2.0 * (p - a) + q - b;
+        y4[c] = 2.0 * (a - p) + q - b;
+        y5[c] = 4.0 * a - 5.0 * p + x5[c];
+    }
+}
+
+/// `y = Aᵀ·m + bias` over six vectors of channels (four outputs).
+#[inline(always)]
+fn output_transform<const FMA: bool>(m: [&[f32]; SPAN], bias: &[f32], y: [&mut [f32]; TILE]) {
+    let n = y[0].len();
+    let [m0, m1, m2, m3, m4, m5] = m.map(|r| &r[..n]);
+    let bias = &bias[..n];
+    let [y0, y1, y2, y3] = y;
+    let (y1, y2, y3) = (&mut y1[..n], &mut y2[..n], &mut y3[..n]);
+    for c in 0..n {
+        let (s12, d12) = (m1[c] + m2[c], m1[c] - m2[c]);
+        let (s34, d34) = (m3[c] + m4[c], m3[c] - m4[c]);
+        y0[c] = m0[c] + s12 + s34 + bias[c];
+        y1[c] = d12 + 2.0 * d34 + bias[c];
+        y2[c] = s12 + 4.0 * s34 + bias[c];
+        y3[c] = d12 + 8.0 * d34 + m5[c] + bias[c];
+    }
+}
+
+fn input_tiles_best(
+    x: &[f32],
+    layout: &TileLayout,
+    first: usize,
+    n: usize,
+    v: &mut [f32],
+    scratch: &mut [f32],
+) {
+    with_best_isa!(input_tiles(x, layout, first, n, v, scratch))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn output_tiles_best(
+    m: &[f32],
+    bias: Option<&[f32]>,
+    layout: &TileLayout,
+    first: usize,
+    n: usize,
+    out: SharedOut,
+    scratch: &mut [f32],
+) {
+    with_best_isa!(output_tiles(m, bias, layout, first, n, out, scratch))
+}
+
+/// Writes `Bᵀ·d·B` of tiles `first .. first + n` into `v` as `[tile][point][c_in]`.
+#[inline(always)]
+fn input_tiles<const FMA: bool>(
+    x: &[f32],
+    layout: &TileLayout,
+    first: usize,
+    n: usize,
+    v: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let s = &layout.s;
+    let cin = s.in_channels;
+    let (d, tmp) = scratch.split_at_mut(POINTS * cin);
+    for t in 0..n {
+        let (b, oy, ox) = layout.origin(first + t);
+        let (iy0, ix0) = (
+            oy as isize - layout.pad_top as isize,
+            ox as isize - layout.pad_left as isize,
+        );
+        let inside = iy0 >= 0
+            && ix0 >= 0
+            && iy0 as usize + SPAN <= s.height
+            && ix0 as usize + SPAN <= s.width;
+        // Tiles inside the image are read in place (a row of six pixels is
+        // contiguous in NHWC); the others are gathered with zeros where they
+        // overhang the padded border.
+        let (source, row_stride): (&[f32], usize) = if inside {
+            let base = ((b * s.height + iy0 as usize) * s.width + ix0 as usize) * cin;
+            (&x[base..], s.width * cin)
+        } else {
+            for ky in 0..SPAN {
+                let iy = iy0 + ky as isize;
+                for kx in 0..SPAN {
+                    let ix = ix0 + kx as isize;
+                    let dst = &mut d[(ky * SPAN + kx) * cin..(ky * SPAN + kx + 1) * cin];
+                    if iy < 0 || iy >= s.height as isize || ix < 0 || ix >= s.width as isize {
+                        dst.fill(0.0);
+                    } else {
+                        let src = ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
+                        dst.copy_from_slice(&x[src..src + cin]);
+                    }
+                }
+            }
+            (&*d, SPAN * cin)
+        };
+        // Columns first (into tmp, column-major), then rows straight into v.
+        for col in 0..SPAN {
+            data_transform::<FMA>(
+                six_rows(&source[col * cin..], row_stride, cin),
+                rows_mut::<SPAN>(&mut tmp[col * SPAN * cin..], cin),
+            );
+        }
+        let tile = &mut v[t * POINTS * cin..(t + 1) * POINTS * cin];
+        for row in 0..SPAN {
+            data_transform::<FMA>(
+                six_rows(&tmp[row * cin..], SPAN * cin, cin),
+                rows_mut::<SPAN>(&mut tile[row * SPAN * cin..], cin),
+            );
+        }
+    }
+}
+
+/// Turns the products `m` (`[tile][point][c_out]`) of tiles `first .. first + n`
+/// into output pixels `Aᵀ·m·A + bias`, dropping those past the image edge.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_tiles<const FMA: bool>(
+    m: &[f32],
+    bias: Option<&[f32]>,
+    layout: &TileLayout,
+    first: usize,
+    n: usize,
+    out: SharedOut,
+    scratch: &mut [f32],
+) {
+    let s = &layout.s;
+    let cout = s.out_channels;
+    let (tmp, rest) = scratch.split_at_mut(SPAN * TILE * cout);
+    let (rows, zeros) = rest.split_at_mut(TILE * cout);
+    let zeros = &mut zeros[..cout];
+    zeros.fill(0.0);
+    let zeros = &*zeros;
+    let bias = bias.unwrap_or(zeros);
+    for t in 0..n {
+        let (b, oy, ox) = layout.origin(first + t);
+        let tile = &m[t * POINTS * cout..(t + 1) * POINTS * cout];
+        // Columns first: tmp[col][out_row].
+        for col in 0..SPAN {
+            output_transform::<FMA>(
+                six_rows(&tile[col * cout..], SPAN * cout, cout),
+                zeros,
+                rows_mut::<TILE>(&mut tmp[col * TILE * cout..], cout),
+            );
+        }
+        let width = TILE.min(s.out_width - ox);
+        for r in 0..TILE.min(s.out_height - oy) {
+            let offset = ((b * s.out_height + oy + r) * s.out_width + ox) * cout;
+            debug_assert!(offset + width * cout <= out.len());
+            let m_rows = six_rows(&tmp[r * cout..], TILE * cout, cout);
+            if width == TILE {
+                // SAFETY: tile `first + t` alone covers output row oy + r, columns
+                // ox .. ox + 4 of image b, which lie inside the output buffer.
+                let pixels =
+                    unsafe { std::slice::from_raw_parts_mut(out.ptr().add(offset), TILE * cout) };
+                output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(pixels, cout));
+            } else {
+                output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(rows, cout));
+                // SAFETY: as above, for the `width` columns inside the image.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        rows.as_ptr(),
+                        out.ptr().add(offset),
+                        width * cout,
+                    )
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13) ^ seed;
+                (h % 20_011) as f32 / 10_005.5 - 1.0
+            })
+            .collect()
+    }
+
+    /// Direct convolution in f64.
+    fn reference(x: &[f32], w: &[f32], bias: &[f32], s: &ConvDims, g: &Conv2dGeometry) -> Vec<f64> {
+        let (cin, cout) = (s.in_channels, s.out_channels);
+        let mut out = vec![0f64; s.rows() * cout];
+        for b in 0..s.batch {
+            for oy in 0..s.out_height {
+                for ox in 0..s.out_width {
+                    let o = ((b * s.out_height + oy) * s.out_width + ox) * cout;
+                    for co in 0..cout {
+                        let mut acc = bias[co] as f64;
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let iy = (oy + ky) as isize - g.pad_top as isize;
+                                let ix = (ox + kx) as isize - g.pad_left as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= s.height as isize
+                                    || ix >= s.width as isize
+                                {
+                                    continue;
+                                }
+                                let xi =
+                                    ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
+                                for ci in 0..cin {
+                                    acc += x[xi + ci] as f64
+                                        * w[((ky * 3 + kx) * cin + ci) * cout + co] as f64;
+                                }
+                            }
+                        }
+                        out[o + co] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_direct_convolution_with_partial_tiles_and_padding() {
+        let cases = [
+            // (batch, h, w, cin, cout, pad top/bottom/left/right)
+            (2, 8, 8, 16, 8, [1, 1, 1, 1]),
+            (1, 7, 7, 32, 24, [1, 1, 1, 1]),
+            (3, 14, 9, 17, 5, [1, 1, 1, 1]),
+            (1, 10, 11, 16, 16, [0, 1, 1, 0]),
+            (1, 5, 6, 20, 3, [0, 0, 0, 0]),
+        ];
+        for (case, &(batch, h, w, cin, cout, pads)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry {
+                stride: 1,
+                pad_top: pads[0],
+                pad_bottom: pads[1],
+                pad_left: pads[2],
+                pad_right: pads[3],
+            };
+            let (oh, ow) = g.output_size(h, w, 3, 3).expect("fits");
+            let s = ConvDims {
+                batch,
+                height: h,
+                width: w,
+                in_channels: cin,
+                kernel_h: 3,
+                kernel_w: 3,
+                out_channels: cout,
+                out_height: oh,
+                out_width: ow,
+            };
+            assert!(applies(&s, &g));
+            let x = pseudo_random(batch * h * w * cin, 11 + case as u32);
+            let wt = pseudo_random(9 * cin * cout, 23 + case as u32);
+            let bias = pseudo_random(cout, 5);
+            let weight = Tensor::from_vec(&[3, 3, cin, cout], wt.clone()).expect("weight");
+            let got = conv2d(&x, &weight, Some(&bias), &s, &g).expect("conv");
+            let again = conv2d(&x, &weight, Some(&bias), &s, &g).expect("cached");
+            assert_eq!(
+                got, again,
+                "case {case}: the cached transform changes nothing"
+            );
+            let want = reference(&x, &wt, &bias, &s, &g);
+            assert_eq!(got.len(), want.len());
+            let err: f64 = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).powi(2))
+                .sum();
+            let norm: f64 = want.iter().map(|b| b * b).sum();
+            let rel = (err / norm).sqrt();
+            assert!(rel < 2e-6, "case {case}: relative L2 error {rel:e}");
+        }
+    }
+
+    #[test]
+    fn data_transform_is_the_bt_matrix() {
+        let x: Vec<Vec<f32>> = (0..SPAN).map(|k| pseudo_random(5, k as u32)).collect();
+        let mut y = vec![0f32; SPAN * 5];
+        data_transform::<false>(
+            std::array::from_fn(|k| x[k].as_slice()),
+            rows_mut::<SPAN>(&mut y, 5),
+        );
+        for i in 0..SPAN {
+            for c in 0..5 {
+                let want: f64 = (0..SPAN).map(|k| BT[i][k] * x[k][c] as f64).sum();
+                assert!((y[i * 5 + c] as f64 - want).abs() < 1e-5, "row {i}");
+            }
+        }
+    }
+}
