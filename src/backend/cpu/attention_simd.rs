@@ -50,14 +50,21 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32>
     let d = s.head_dim;
     let keys_padded = s.kv_len.next_multiple_of(2 * LANES);
 
-    (0..s.batch * s.heads * blocks)
+    // With enough (image, head) pairs to share out, a task takes all query blocks of
+    // one pair and packs its keys and values once; otherwise each block is a task.
+    let blocks_per_task = if s.batch * s.heads >= 4 * rayon::current_num_threads() {
+        blocks
+    } else {
+        1
+    };
+    let groups = blocks.div_ceil(blocks_per_task);
+
+    (0..s.batch * s.heads * groups)
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, task| {
-            let block = task % blocks;
-            let head = (task / blocks) % s.heads;
-            let b = task / (blocks * s.heads);
-            let q0 = block * QUERY_BLOCK;
-            let rows = QUERY_BLOCK.min(s.q_len - q0);
+            let group = task % groups;
+            let head = (task / groups) % s.heads;
+            let b = task / (groups * s.heads);
             let col = head * d;
 
             // Keys transposed and zero-padded to whole vectors; values row-major.
@@ -72,41 +79,46 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32>
                 }
                 scratch.values[j * d..(j + 1) * d].copy_from_slice(&v[src..src + d]);
             }
-            // Queries, pre-scaled, padded to a whole number of register rows.
-            let rows_padded = rows.next_multiple_of(4);
-            scratch.queries.clear();
-            scratch.queries.resize(rows_padded * d, 0.0);
-            for r in 0..rows {
-                let src = (b * s.q_len + q0 + r) * width + col;
-                for c in 0..d {
-                    scratch.queries[r * d + c] = q[src + c] * scale;
-                }
-            }
             scratch.scores.resize(4 * keys_padded, 0.0);
-            scratch.out.resize(rows_padded * d, 0.0);
 
-            let lanes = d / LANES;
-            // SAFETY: `applies` checked AVX2 and FMA; the buffers were sized above.
-            unsafe {
-                match lanes {
-                    1 => block_rows::<1, 4>(scratch, s.kv_len, keys_padded, rows_padded),
-                    2 => block_rows::<2, 4>(scratch, s.kv_len, keys_padded, rows_padded),
-                    3 => block_rows::<3, 2>(scratch, s.kv_len, keys_padded, rows_padded),
-                    _ => block_rows::<4, 2>(scratch, s.kv_len, keys_padded, rows_padded),
+            let first_block = group * blocks_per_task;
+            for block in first_block..blocks.min(first_block + blocks_per_task) {
+                let q0 = block * QUERY_BLOCK;
+                let rows = QUERY_BLOCK.min(s.q_len - q0);
+                // Queries, pre-scaled, padded to a whole number of register rows.
+                let rows_padded = rows.next_multiple_of(4);
+                scratch.queries.clear();
+                scratch.queries.resize(rows_padded * d, 0.0);
+                for r in 0..rows {
+                    let src = (b * s.q_len + q0 + r) * width + col;
+                    for c in 0..d {
+                        scratch.queries[r * d + c] = q[src + c] * scale;
+                    }
                 }
-            }
-            for r in 0..rows {
-                let offset = (b * s.q_len + q0 + r) * width + col;
-                debug_assert!(offset + d <= shared.len());
-                // SAFETY: this task alone writes query row q0 + r, columns
-                // col .. col + d of batch b, inside `out`.
+                scratch.out.resize(rows_padded * d, 0.0);
+
+                // SAFETY: `applies` checked AVX2 and FMA; the buffers were sized above.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        scratch.out[r * d..].as_ptr(),
-                        shared.ptr().add(offset),
-                        d,
-                    )
-                };
+                    match d / LANES {
+                        1 => block_rows::<1, 4>(scratch, s.kv_len, keys_padded, rows_padded),
+                        2 => block_rows::<2, 4>(scratch, s.kv_len, keys_padded, rows_padded),
+                        3 => block_rows::<3, 2>(scratch, s.kv_len, keys_padded, rows_padded),
+                        _ => block_rows::<4, 2>(scratch, s.kv_len, keys_padded, rows_padded),
+                    }
+                }
+                for r in 0..rows {
+                    let offset = (b * s.q_len + q0 + r) * width + col;
+                    debug_assert!(offset + d <= shared.len());
+                    // SAFETY: this task alone writes query row q0 + r, columns
+                    // col .. col + d of batch b, inside `out`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            scratch.out[r * d..].as_ptr(),
+                            shared.ptr().add(offset),
+                            d,
+                        )
+                    };
+                }
             }
         });
     out

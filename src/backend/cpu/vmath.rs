@@ -126,7 +126,11 @@ fn affine_rows_body<const FMA: bool>(
     apply_silu: bool,
 ) {
     let c = a.len();
+    // Same-length slices so that the loops below carry no bounds checks (which
+    // would keep them scalar).
+    let b = &b[..c];
     for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+        let (d, s) = (&mut d[..c], &s[..c]);
         if apply_silu {
             for i in 0..c {
                 d[i] = silu_impl::<FMA>(madd::<FMA>(s[i], a[i], b[i]));

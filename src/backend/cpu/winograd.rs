@@ -161,27 +161,54 @@ impl TileLayout {
     }
 }
 
-/// `U = G·g·Gᵀ` for every (c_in, c_out) pair, as `[point][c_in][c_out]`.
+/// `U = G·g·Gᵀ` for every (c_in, c_out) pair, as `[point][c_in][c_out]`, computed
+/// in f64 and rounded once. The (c_in, c_out) plane is cut into blocks that are
+/// transformed separably (`G·g`, then `·Gᵀ`) with the plane index innermost, so the
+/// loops vectorise; this runs once per weight, on the first forward.
 fn transform_weights(weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+    const BLOCK: usize = 256;
     let plane = cin * cout;
     let mut u = vec![0f32; POINTS * plane];
-    u.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(point, dst)| {
-            let (i, j) = (point / SPAN, point % SPAN);
-            for (e, d) in dst.iter_mut().enumerate() {
-                let mut acc = 0f64;
-                for a in 0..3 {
-                    for b in 0..3 {
-                        let coef = G[i][a] * G[j][b];
-                        if coef != 0.0 {
-                            acc += coef * weight[(a * 3 + b) * plane + e] as f64;
-                        }
-                    }
+    let blocks = plane.div_ceil(BLOCK);
+    let shared = SharedOut::new(&mut u);
+    (0..blocks).into_par_iter().for_each(|block| {
+        let start = block * BLOCK;
+        let len = BLOCK.min(plane - start);
+        // g[a][b][e] for this block, then half[i][b][e] = Σ_a G[i][a]·g[a][b][e].
+        let mut g = [[[0f64; BLOCK]; 3]; 3];
+        for (a, rows) in g.iter_mut().enumerate() {
+            for (b, row) in rows.iter_mut().enumerate() {
+                let src = &weight[(a * 3 + b) * plane + start..][..len];
+                for (d, &w) in row.iter_mut().zip(src) {
+                    *d = w as f64;
                 }
-                *d = acc as f32;
             }
-        });
+        }
+        let mut half = [[[0f64; BLOCK]; 3]; SPAN];
+        for (i, rows) in half.iter_mut().enumerate() {
+            for (b, row) in rows.iter_mut().enumerate() {
+                for (e, d) in row[..len].iter_mut().enumerate() {
+                    *d = G[i][0] * g[0][b][e] + G[i][1] * g[1][b][e] + G[i][2] * g[2][b][e];
+                }
+            }
+        }
+        let mut point_row = [0f32; BLOCK];
+        for i in 0..SPAN {
+            for j in 0..SPAN {
+                let h = &half[i];
+                for (e, d) in point_row[..len].iter_mut().enumerate() {
+                    *d = (h[0][e] * G[j][0] + h[1][e] * G[j][1] + h[2][e] * G[j][2]) as f32;
+                }
+                let offset = (i * SPAN + j) * plane + start;
+                debug_assert!(offset + len <= shared.len());
+                // SAFETY: block `block` alone writes elements start .. start + len of
+                // every point's plane, all inside `u`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(point_row.as_ptr(), shared.ptr().add(offset), len)
+                };
+            }
+        }
+    });
     u
 }
 
