@@ -193,11 +193,10 @@ fn transform_weights(weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
             }
         }
         let mut point_row = [0f32; BLOCK];
-        for i in 0..SPAN {
-            for j in 0..SPAN {
-                let h = &half[i];
+        for (i, h) in half.iter().enumerate() {
+            for (j, gj) in G.iter().enumerate() {
                 for (e, d) in point_row[..len].iter_mut().enumerate() {
-                    *d = (h[0][e] * G[j][0] + h[1][e] * G[j][1] + h[2][e] * G[j][2]) as f32;
+                    *d = (h[0][e] * gj[0] + h[1][e] * gj[1] + h[2][e] * gj[2]) as f32;
                 }
                 let offset = (i * SPAN + j) * plane + start;
                 debug_assert!(offset + len <= shared.len());
