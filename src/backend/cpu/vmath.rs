@@ -85,6 +85,7 @@ macro_rules! with_best_isa {
         $kernel::<false>($($arg),*)
     }};
 }
+#[allow(unused_imports)]
 pub(crate) use with_best_isa;
 
 #[inline(always)]

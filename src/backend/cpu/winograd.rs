@@ -16,7 +16,6 @@ use rayon::prelude::*;
 
 use super::shared_out::SharedOut;
 use super::small_gemm::small_matmul;
-use super::vmath::with_best_isa;
 use crate::backend::shapes::ConvDims;
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -267,6 +266,10 @@ fn output_transform<const FMA: bool>(m: [&[f32]; SPAN], bias: &[f32], y: [&mut [
     }
 }
 
+// The transforms are too large for `with_best_isa!`'s closure to be inlined into
+// its AVX2 function (it was then compiled for the baseline target), so they get
+// explicit AVX2 wrappers that call the `#[inline(always)]` bodies directly.
+
 fn input_tiles_best(
     x: &[f32],
     layout: &TileLayout,
@@ -275,7 +278,25 @@ fn input_tiles_best(
     v: &mut [f32],
     scratch: &mut [f32],
 ) {
-    with_best_isa!(input_tiles(x, layout, first, n, v, scratch))
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { input_tiles_avx2(x, layout, first, n, v, scratch) };
+    }
+    input_tiles::<false>(x, layout, first, n, v, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_tiles_avx2(
+    x: &[f32],
+    layout: &TileLayout,
+    first: usize,
+    n: usize,
+    v: &mut [f32],
+    scratch: &mut [f32],
+) {
+    input_tiles::<true>(x, layout, first, n, v, scratch)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -288,7 +309,27 @@ fn output_tiles_best(
     out: SharedOut,
     scratch: &mut [f32],
 ) {
-    with_best_isa!(output_tiles(m, bias, layout, first, n, out, scratch))
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { output_tiles_avx2(m, bias, layout, first, n, out, scratch) };
+    }
+    output_tiles::<false>(m, bias, layout, first, n, out, scratch)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_tiles_avx2(
+    m: &[f32],
+    bias: Option<&[f32]>,
+    layout: &TileLayout,
+    first: usize,
+    n: usize,
+    out: SharedOut,
+    scratch: &mut [f32],
+) {
+    output_tiles::<true>(m, bias, layout, first, n, out, scratch)
 }
 
 /// Writes `Bᵀ·d·B` of tiles `first .. first + n` into `v` as `[tile][point][c_in]`.
