@@ -5,11 +5,16 @@
 use rayon::prelude::*;
 
 use super::matmul::{matmul, MatRef};
+use super::small_gemm::small_matmul;
 use crate::backend::shapes::ConvDims;
 use crate::backend::Conv2dGeometry;
 
 /// Bytes of patch buffer per task that keep the packed operand cache-friendly.
 const PATCH_BUFFER_FLOATS: usize = 1 << 17;
+/// Weight matrices up to this many floats (256 KiB) stay in L2 between rows.
+const SMALL_WEIGHT_FLOATS: usize = 1 << 16;
+/// Output rows (pixels) up to which packing the operands does not pay off.
+const SMALL_ROWS: usize = 4096;
 
 pub fn conv2d(
     x: &[f32],
@@ -30,24 +35,45 @@ pub fn conv2d(
         && s.kernel_w == 1
         && g.stride == 1
         && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
-    let chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
+    // Small products (a small batch, weights that stay in L2) go through the
+    // register-tiled kernel, which needs no packing and sums every output in the
+    // same order whatever its chunk, so the chunks can follow the thread count and
+    // keep every core busy. Larger ones go to the packed GEMM, which is faster once
+    // packing pays off, with chunks that depend on shapes only.
+    let unpacked = cout % 8 == 0 && k * cout <= SMALL_WEIGHT_FLOATS && rows <= SMALL_ROWS;
+    let mut chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
+    if unpacked {
+        chunk_rows = chunk_rows.min(rows.div_ceil(rayon::current_num_threads()).max(6));
+    }
 
     out.par_chunks_mut(chunk_rows * cout)
         .enumerate()
         .for_each_init(Vec::new, |patches: &mut Vec<f32>, (chunk, dst)| {
             let first_row = chunk * chunk_rows;
             let n_rows = dst.len() / cout;
+            let lhs: &[f32] = if pointwise {
+                &x[first_row * k..(first_row + n_rows) * k]
+            } else {
+                gather_patches(x, s, g, first_row, n_rows, patches);
+                patches
+            };
+            if unpacked {
+                small_matmul(dst, cout, lhs, k, weight, n_rows, k, cout);
+                if let Some(b) = bias {
+                    for row in dst.chunks_mut(cout) {
+                        for (v, b) in row.iter_mut().zip(b) {
+                            *v += b;
+                        }
+                    }
+                }
+                return;
+            }
             if let Some(b) = bias {
                 for row in dst.chunks_mut(cout) {
                     row.copy_from_slice(b);
                 }
             }
-            let lhs = if pointwise {
-                MatRef::row_major(&x[first_row * k..(first_row + n_rows) * k], n_rows, k)
-            } else {
-                gather_patches(x, s, g, first_row, n_rows, patches);
-                MatRef::row_major(patches, n_rows, k)
-            };
+            let lhs = MatRef::row_major(lhs, n_rows, k);
             matmul(dst, cout, lhs, w, 1.0, bias.is_some());
         });
     out
