@@ -4,8 +4,8 @@
 //!
 //! NHWC makes every transform a loop over contiguous channels, so they vectorise.
 //! Output tiles are taken in chunks; one rayon task transforms its chunk's inputs
-//! into a `[tile][36][c_in]` buffer, runs one GEMM per transform point against the
-//! transformed weights `[36][c_in][c_out]`, and transforms the `[tile][36][c_out]`
+//! into a `[36][tile][c_in]` buffer, runs one GEMM per transform point against the
+//! transformed weights `[36][c_in][c_out]`, and transforms the `[36][tile][c_out]`
 //! products back into output pixels. The chunk is sized to stay in L2.
 //!
 //! The interpolation points are 0, ±1, ±2 (and ∞). Weights are transformed in f64
@@ -109,10 +109,10 @@ pub fn conv2d(
             input_tiles_best(x, &layout, first, n, v, d);
             for point in 0..POINTS {
                 small_matmul(
-                    &mut m[point * cout..],
-                    POINTS * cout,
-                    &v[point * cin..],
-                    POINTS * cin,
+                    &mut m[point * n * cout..],
+                    cout,
+                    &v[point * n * cin..],
+                    cin,
                     &u[point * cin * cout..(point + 1) * cin * cout],
                     n,
                     cin,
@@ -126,9 +126,9 @@ pub fn conv2d(
 }
 
 struct Scratch {
-    /// Transformed inputs, `[tile][point][c_in]`.
+    /// Transformed inputs, `[point][tile][c_in]`.
     v: Vec<f32>,
-    /// Products, `[tile][point][c_out]`.
+    /// Products, `[point][tile][c_out]`.
     m: Vec<f32>,
     /// Per-tile staging for the separable transforms.
     d: Vec<f32>,
@@ -221,6 +221,16 @@ fn six_rows(block: &[f32], stride: usize, c: usize) -> [&[f32]; SPAN] {
 fn rows_mut<const N: usize>(block: &mut [f32], c: usize) -> [&mut [f32]; N] {
     let mut rows = block[..N * c].chunks_exact_mut(c);
     std::array::from_fn(|_| rows.next().unwrap_or_default())
+}
+
+/// Six rows of `c` values, `stride` apart, starting at `block`'s start.
+#[inline(always)]
+fn strided_rows_mut(block: &mut [f32], stride: usize, c: usize) -> [&mut [f32]; SPAN] {
+    let mut rows = block[..(SPAN - 1) * stride + c].chunks_mut(stride);
+    std::array::from_fn(|_| match rows.next() {
+        Some(row) => &mut row[..c],
+        None => &mut [],
+    })
 }
 
 /// `y = Bᵀ·x` over six vectors of channels.
@@ -332,7 +342,7 @@ unsafe fn output_tiles_avx2(
     output_tiles::<true>(m, bias, layout, first, n, out, scratch)
 }
 
-/// Writes `Bᵀ·d·B` of tiles `first .. first + n` into `v` as `[tile][point][c_in]`.
+/// Writes `Bᵀ·d·B` of tiles `first .. first + n` into `v` as `[point][tile][c_in]`.
 #[inline(always)]
 fn input_tiles<const FMA: bool>(
     x: &[f32],
@@ -384,17 +394,17 @@ fn input_tiles<const FMA: bool>(
                 rows_mut::<SPAN>(&mut tmp[col * SPAN * cin..], cin),
             );
         }
-        let tile = &mut v[t * POINTS * cin..(t + 1) * POINTS * cin];
+        // Point (row, j) of tile t goes to v[(row·6 + j)·n + t].
         for row in 0..SPAN {
             data_transform::<FMA>(
                 six_rows(&tmp[row * cin..], SPAN * cin, cin),
-                rows_mut::<SPAN>(&mut tile[row * SPAN * cin..], cin),
+                strided_rows_mut(&mut v[(row * SPAN * n + t) * cin..], n * cin, cin),
             );
         }
     }
 }
 
-/// Turns the products `m` (`[tile][point][c_out]`) of tiles `first .. first + n`
+/// Turns the products `m` (`[point][tile][c_out]`) of tiles `first .. first + n`
 /// into output pixels `Aᵀ·m·A + bias`, dropping those past the image edge.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -417,11 +427,11 @@ fn output_tiles<const FMA: bool>(
     let bias = bias.unwrap_or(zeros);
     for t in 0..n {
         let (b, oy, ox) = layout.origin(first + t);
-        let tile = &m[t * POINTS * cout..(t + 1) * POINTS * cout];
-        // Columns first: tmp[col][out_row].
+        // Columns first: tmp[col][out_row]; point (k, col) of tile t is
+        // m[(k·6 + col)·n + t].
         for col in 0..SPAN {
             output_transform::<FMA>(
-                six_rows(&tile[col * cout..], SPAN * cout, cout),
+                six_rows(&m[(col * n + t) * cout..], SPAN * n * cout, cout),
                 zeros,
                 rows_mut::<TILE>(&mut tmp[col * TILE * cout..], cout),
             );
