@@ -11,7 +11,8 @@ What it does:
 1. Speed. diffusers: the sampling loop alone (model already loaded, one warm-up run,
    then the median of --runs runs). diffsteer: the whole process (`diffsteer --threads
    N generate ... --quiet`, wall time around subprocess.run, includes loading the
-   weights and writing PNGs; median of --runs runs). Both with N threads.
+   weights and writing PNGs; median of --runs runs). Both with N threads; the runs
+   of the two sides alternate. Peak resident memory of both processes is reported.
 2. Output. The engine's noise is Philox4x32-10 + Box-Muller (src/rng.rs), reproduced
    here in numpy, so diffusers starts from the engine's own x_T (seed + i for image i,
    stream 0, channels-last element order). Only deterministic schedulers are
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -160,25 +162,6 @@ def main():
         sys.exit(f"{binary} not found: run `cargo build --release` first")
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout.strip()
 
-    # ---------------------------------------------------------------- the engine
-    engine_times = []
-    with tempfile.TemporaryDirectory(prefix="compare-diffusers-") as tmp:
-        out = Path(tmp) / "out"
-        cmd = [
-            str(binary), "--threads", str(args.threads), "generate", "--model", str(model),
-            "--count", str(args.count), "--batch", str(args.count), "--steps", str(args.steps),
-            "--scheduler", args.scheduler, "--cfg", str(args.cfg), "--seed", str(args.seed),
-            "--out", str(out), "--overwrite", "--quiet",
-        ]
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True)
-            engine_times.append(time.perf_counter() - t)
-        pngs = sorted(out.glob("*.png"))
-        if len(pngs) != args.count:
-            sys.exit(f"expected {args.count} PNGs in {out}, found {len(pngs)}")
-        engine_px = np.stack([np.asarray(Image.open(p)) for p in pngs])
-
     # ---------------------------------------------------------------- diffusers
     unet = UNet2DModel.from_pretrained(str(model)).float().eval()
     cfg = unet.config
@@ -210,13 +193,42 @@ def main():
             lat = sched.step(guided, t, lat).prev_sample
         return lat
 
-    torch_times = []
-    with torch.inference_mode():
+    # ------------------------------------------------- both, runs interleaved
+    # One run of each side in turn, so that a change in the machine's load (a shared
+    # VM drifts by ±15%) hits both sides alike.
+    engine_times, torch_times = [], []
+    with torch.inference_mode(), tempfile.TemporaryDirectory(prefix="compare-diffusers-") as tmp:
+        out = Path(tmp) / "out"
+        cmd = [
+            str(binary), "--threads", str(args.threads), "generate", "--model", str(model),
+            "--count", str(args.count), "--batch", str(args.count), "--steps", str(args.steps),
+            "--scheduler", args.scheduler, "--cfg", str(args.cfg), "--seed", str(args.seed),
+            "--out", str(out), "--overwrite", "--quiet",
+        ]
+        # /usr/bin/time reports the engine's own peak RSS (a child forked from
+        # this process would count torch's pages until it execs).
+        rss_file = Path(tmp) / "rss"
+        gnu_time = Path("/usr/bin/time")
+        measured = ([str(gnu_time), "-o", str(rss_file), "-f", "%M"] if gnu_time.exists() else []) + cmd
         final = sample()  # warm-up, and the output that is compared
+        engine_rss_kib = []
         for _ in range(args.runs):
+            t = time.perf_counter()
+            subprocess.run(measured, check=True)
+            engine_times.append(time.perf_counter() - t)
+            if rss_file.exists():
+                engine_rss_kib.append(int(rss_file.read_text().split()[-1]))
             t = time.perf_counter()
             sample()
             torch_times.append(time.perf_counter() - t)
+        pngs = sorted(out.glob("*.png"))
+        if len(pngs) != args.count:
+            sys.exit(f"expected {args.count} PNGs in {out}, found {len(pngs)}")
+        engine_px = np.stack([np.asarray(Image.open(p)) for p in pngs])
+    # Peak resident memory of each whole process: the engine's largest run, and
+    # this Python process with torch, diffusers and the model (ru_maxrss is KiB).
+    engine_rss_mib = max(engine_rss_kib) / 1024 if engine_rss_kib else float("nan")
+    torch_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     ref_px = to_8bit(final.permute(0, 2, 3, 1).numpy())  # [N, H, W, C]
     if engine_px.ndim == 3:
@@ -241,6 +253,7 @@ def main():
         "diffsteer_runs_s": engine_times,
         "diffusers_runs_s": torch_times,
         "ratio_diffusers_over_diffsteer": theirs / ours,
+        "peak_rss_mib": {"diffsteer": engine_rss_mib, "diffusers": torch_rss_mib},
         "timing": "diffsteer: whole process (load + sample + PNGs); diffusers: sampling loop only, after a warm-up",
         "agreement": {
             "max_abs_diff_levels": max_diff, "share_pixels_differing": share_diff,
@@ -257,6 +270,7 @@ def main():
         ("diffsteer", f"{ours:.4f} s/image  (whole process; runs {', '.join(f'{x:.2f}' for x in engine_times)} s)"),
         ("diffusers", f"{theirs:.4f} s/image  (sampling loop; runs {', '.join(f'{x:.2f}' for x in torch_times)} s)"),
         ("ratio", f"{theirs / ours:.2f}x  (diffusers time / diffsteer time)"),
+        ("peak RSS", f"diffsteer {engine_rss_mib:.0f} MiB (whole process), diffusers {torch_rss_mib:.0f} MiB (whole Python process)"),
         ("outputs", f"max |diff| {max_diff} levels, {100 * share_diff:.3f}% pixels differ, "
                     f"{100 * share_over1:.3f}% by > 1 level -> {'AGREE' if agree else 'DISAGREE'}"),
     ]
