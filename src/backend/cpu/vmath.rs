@@ -133,7 +133,18 @@ fn affine_rows_body<const FMA: bool>(
     for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
         let (d, s) = (&mut d[..c], &s[..c]);
         if apply_silu {
-            for i in 0..c {
+            // Blocks of four vectors, for the reason given at `EXP_BLOCK`.
+            let whole = c - c % EXP_BLOCK;
+            for ((d, s), (a, b)) in d[..whole]
+                .chunks_exact_mut(EXP_BLOCK)
+                .zip(s[..whole].chunks_exact(EXP_BLOCK))
+                .zip(a[..whole].chunks_exact(EXP_BLOCK).zip(b[..whole].chunks_exact(EXP_BLOCK)))
+            {
+                for i in 0..EXP_BLOCK {
+                    d[i] = silu_impl::<FMA>(madd::<FMA>(s[i], a[i], b[i]));
+                }
+            }
+            for i in whole..c {
                 d[i] = silu_impl::<FMA>(madd::<FMA>(s[i], a[i], b[i]));
             }
         } else {
@@ -197,12 +208,18 @@ pub fn max(row: &[f32]) -> f32 {
     with_best_isa!(max_body(row))
 }
 
+/// Elements per iteration of the exp loops: four vectors whose long dependency
+/// chains (about fifteen operations each) are interleaved, because the
+/// out-of-order window alone holds too few iterations of one chain to keep the
+/// FMA units busy.
+const EXP_BLOCK: usize = 4 * LANES;
+
 #[inline(always)]
 fn exp_shifted_sum_body<const FMA: bool>(row: &mut [f32], shift: f32) -> f32 {
-    let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
+    let mut sums = [0f32; EXP_BLOCK];
+    let mut chunks = row.chunks_exact_mut(EXP_BLOCK);
     for chunk in &mut chunks {
-        for i in 0..LANES {
+        for i in 0..EXP_BLOCK {
             chunk[i] = exp_impl::<FMA>(chunk[i] - shift);
             sums[i] += chunk[i];
         }

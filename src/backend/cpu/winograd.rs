@@ -27,13 +27,14 @@ const TILE: usize = 4;
 const SPAN: usize = 6;
 /// Transform points per tile.
 const POINTS: usize = SPAN * SPAN;
-/// Below this many input channels the im2col GEMM (K = 9·c_in) wins: the
-/// transforms cost as much as the multiplications they save.
-const MIN_IN_CHANNELS: usize = 16;
+/// Below this many input or output channels the im2col GEMM (K = 9·c_in) wins:
+/// the transforms cost as much as the multiplications they save (a U-Net's first
+/// and last convolutions, with 1 to 4 image channels, stay direct).
+const MIN_CHANNELS: usize = 16;
 /// Tiles below which the product's register tile runs short of rows.
 const MIN_TILES_PER_CHUNK: usize = 6;
 /// Floats of transformed inputs plus products one task keeps (≈ 1 MiB, half an L2).
-const CHUNK_FLOATS: usize = 1 << 18;
+const CHUNK_FLOATS: usize = 1 << 16;
 
 /// `Bᵀ` of F(4×4, 3×3): data transform rows (`data_transform` spells them out).
 #[cfg(test)]
@@ -58,7 +59,11 @@ const G: [[f64; 3]; SPAN] = [
 
 /// Whether [`conv2d`] computes this convolution.
 pub fn applies(s: &ConvDims, g: &Conv2dGeometry) -> bool {
-    s.kernel_h == 3 && s.kernel_w == 3 && g.stride == 1 && s.in_channels >= MIN_IN_CHANNELS
+    s.kernel_h == 3
+        && s.kernel_w == 3
+        && g.stride == 1
+        && s.in_channels >= MIN_CHANNELS
+        && s.out_channels >= MIN_CHANNELS
 }
 
 /// The convolution of `x` (NHWC) with `weight` (`[3, 3, c_in, c_out]`); the caller
@@ -516,11 +521,11 @@ mod tests {
     fn matches_a_direct_convolution_with_partial_tiles_and_padding() {
         let cases = [
             // (batch, h, w, cin, cout, pad top/bottom/left/right)
-            (2, 8, 8, 16, 8, [1, 1, 1, 1]),
+            (2, 8, 8, 16, 16, [1, 1, 1, 1]),
             (1, 7, 7, 32, 24, [1, 1, 1, 1]),
-            (3, 14, 9, 17, 5, [1, 1, 1, 1]),
+            (3, 14, 9, 17, 20, [1, 1, 1, 1]),
             (1, 10, 11, 16, 16, [0, 1, 1, 0]),
-            (1, 5, 6, 20, 3, [0, 0, 0, 0]),
+            (1, 5, 6, 20, 16, [0, 0, 0, 0]),
         ];
         for (case, &(batch, h, w, cin, cout, pads)) in cases.iter().enumerate() {
             let g = Conv2dGeometry {
