@@ -59,69 +59,99 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32>
     };
     let groups = blocks.div_ceil(blocks_per_task);
 
+    let shape = TaskShape {
+        s: *s,
+        scale,
+        keys_padded,
+        blocks,
+        blocks_per_task,
+        groups,
+    };
     (0..s.batch * s.heads * groups)
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, task| {
-            let group = task % groups;
-            let head = (task / groups) % s.heads;
-            let b = task / (groups * s.heads);
-            let col = head * d;
-
-            // Keys transposed and zero-padded to whole vectors; values row-major.
-            scratch.keys_t.clear();
-            scratch.keys_t.resize(d * keys_padded, 0.0);
-            scratch.values.clear();
-            scratch.values.resize(s.kv_len * d, 0.0);
-            for j in 0..s.kv_len {
-                let src = (b * s.kv_len + j) * width + col;
-                for c in 0..d {
-                    scratch.keys_t[c * keys_padded + j] = k[src + c];
-                }
-                scratch.values[j * d..(j + 1) * d].copy_from_slice(&v[src..src + d]);
-            }
-            scratch.scores.resize(4 * keys_padded, 0.0);
-
-            let first_block = group * blocks_per_task;
-            for block in first_block..blocks.min(first_block + blocks_per_task) {
-                let q0 = block * QUERY_BLOCK;
-                let rows = QUERY_BLOCK.min(s.q_len - q0);
-                // Queries, pre-scaled, padded to a whole number of register rows.
-                let rows_padded = rows.next_multiple_of(4);
-                scratch.queries.clear();
-                scratch.queries.resize(rows_padded * d, 0.0);
-                for r in 0..rows {
-                    let src = (b * s.q_len + q0 + r) * width + col;
-                    for c in 0..d {
-                        scratch.queries[r * d + c] = q[src + c] * scale;
-                    }
-                }
-                scratch.out.resize(rows_padded * d, 0.0);
-
-                // SAFETY: `applies` checked AVX2 and FMA; the buffers were sized above.
-                unsafe {
-                    match d / LANES {
-                        1 => block_rows::<1, 4>(scratch, s.kv_len, keys_padded, rows_padded),
-                        2 => block_rows::<2, 4>(scratch, s.kv_len, keys_padded, rows_padded),
-                        3 => block_rows::<3, 2>(scratch, s.kv_len, keys_padded, rows_padded),
-                        _ => block_rows::<4, 2>(scratch, s.kv_len, keys_padded, rows_padded),
-                    }
-                }
-                for r in 0..rows {
-                    let offset = (b * s.q_len + q0 + r) * width + col;
-                    debug_assert!(offset + d <= shared.len());
-                    // SAFETY: this task alone writes query row q0 + r, columns
-                    // col .. col + d of batch b, inside `out`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            scratch.out[r * d..].as_ptr(),
-                            shared.ptr().add(offset),
-                            d,
-                        )
-                    };
+            // SAFETY: `applies` checked AVX2 and FMA and that d is 8, 16, 24 or 32.
+            unsafe {
+                match d / LANES {
+                    1 => head_task::<1, 4>(q, k, v, &shape, task, scratch, shared),
+                    2 => head_task::<2, 4>(q, k, v, &shape, task, scratch, shared),
+                    3 => head_task::<3, 2>(q, k, v, &shape, task, scratch, shared),
+                    _ => head_task::<4, 2>(q, k, v, &shape, task, scratch, shared),
                 }
             }
         });
     out
+}
+
+/// What every task of one call shares.
+struct TaskShape {
+    s: AttentionDims,
+    scale: f32,
+    keys_padded: usize,
+    blocks: usize,
+    blocks_per_task: usize,
+    groups: usize,
+}
+
+/// One task: pack one (image, head)'s keys and values, then run its query blocks.
+/// The head width `NV·8` is a constant here, so every copy is a fixed-size move.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_task<const NV: usize, const R: usize>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: &TaskShape,
+    task: usize,
+    scratch: &mut Scratch,
+    shared: SharedOut,
+) {
+    let s = &shape.s;
+    let d = NV * LANES;
+    let width = s.heads * d;
+    let keys_padded = shape.keys_padded;
+    let group = task % shape.groups;
+    let head = (task / shape.groups) % s.heads;
+    let b = task / (shape.groups * s.heads);
+    let col = head * d;
+
+    // Keys transposed and zero-padded to whole vectors; values row-major.
+    scratch.keys_t.clear();
+    scratch.keys_t.resize(d * keys_padded, 0.0);
+    scratch.values.clear();
+    scratch.values.resize(s.kv_len * d, 0.0);
+    for j in 0..s.kv_len {
+        let src = (b * s.kv_len + j) * width + col;
+        for (c, &x) in k[src..src + d].iter().enumerate() {
+            scratch.keys_t[c * keys_padded + j] = x;
+        }
+        scratch.values[j * d..(j + 1) * d].copy_from_slice(&v[src..src + d]);
+    }
+    scratch.scores.resize(4 * keys_padded, 0.0);
+
+    let first_block = group * shape.blocks_per_task;
+    for block in first_block..shape.blocks.min(first_block + shape.blocks_per_task) {
+        let q0 = block * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(s.q_len - q0);
+        // Queries, pre-scaled, padded to a whole number of register rows.
+        let rows_padded = rows.next_multiple_of(4);
+        scratch.queries.clear();
+        scratch.queries.resize(rows_padded * d, 0.0);
+        for r in 0..rows {
+            let src = (b * s.q_len + q0 + r) * width + col;
+            for (dst, &x) in scratch.queries[r * d..(r + 1) * d].iter_mut().zip(&q[src..src + d]) {
+                *dst = x * shape.scale;
+            }
+        }
+        scratch.out.resize(rows_padded * d, 0.0);
+        block_rows::<NV, R>(scratch, s.kv_len, keys_padded, rows_padded);
+        for r in 0..rows {
+            let offset = (b * s.q_len + q0 + r) * width + col;
+            debug_assert!(offset + d <= shared.len());
+            // SAFETY: this task alone writes query row q0 + r, columns col .. col + d
+            // of batch b, inside `out`.
+            std::ptr::copy_nonoverlapping(scratch.out[r * d..].as_ptr(), shared.ptr().add(offset), d);
+        }
+    }
 }
 
 /// All query rows of one task, `R` at a time; `NV` vectors per head. Every loop
