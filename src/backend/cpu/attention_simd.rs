@@ -138,7 +138,10 @@ unsafe fn head_task<const NV: usize, const R: usize>(
         scratch.queries.resize(rows_padded * d, 0.0);
         for r in 0..rows {
             let src = (b * s.q_len + q0 + r) * width + col;
-            for (dst, &x) in scratch.queries[r * d..(r + 1) * d].iter_mut().zip(&q[src..src + d]) {
+            for (dst, &x) in scratch.queries[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(&q[src..src + d])
+            {
                 *dst = x * shape.scale;
             }
         }
@@ -149,7 +152,11 @@ unsafe fn head_task<const NV: usize, const R: usize>(
             debug_assert!(offset + d <= shared.len());
             // SAFETY: this task alone writes query row q0 + r, columns col .. col + d
             // of batch b, inside `out`.
-            std::ptr::copy_nonoverlapping(scratch.out[r * d..].as_ptr(), shared.ptr().add(offset), d);
+            std::ptr::copy_nonoverlapping(
+                scratch.out[r * d..].as_ptr(),
+                shared.ptr().add(offset),
+                d,
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod elementwise;
 pub mod matmul;
 mod norm;
 mod shared_out;
-mod small_gemm;
+pub mod small_gemm;
 pub mod vmath;
 mod winograd;
 

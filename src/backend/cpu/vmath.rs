@@ -163,7 +163,11 @@ fn affine_rows_body<const FMA: bool>(
             for ((d, s), (a, b)) in d[..whole]
                 .chunks_exact_mut(EXP_BLOCK)
                 .zip(s[..whole].chunks_exact(EXP_BLOCK))
-                .zip(a[..whole].chunks_exact(EXP_BLOCK).zip(b[..whole].chunks_exact(EXP_BLOCK)))
+                .zip(
+                    a[..whole]
+                        .chunks_exact(EXP_BLOCK)
+                        .zip(b[..whole].chunks_exact(EXP_BLOCK)),
+                )
             {
                 for i in 0..EXP_BLOCK {
                     d[i] = silu_impl::<FMA>(madd::<FMA>(s[i], a[i], b[i]));
