@@ -211,7 +211,7 @@ fn check_common_lengths(
 }
 
 fn divides(f: &Fields, key: &str, channels: usize, by: usize, what: &str) -> Result<usize> {
-    if by == 0 || channels % by != 0 {
+    if by == 0 || !channels.is_multiple_of(by) {
         return Err(f.error(
             key,
             format!("{channels} channels are not divisible by {what} {by}"),

@@ -316,7 +316,7 @@ pub fn write_random_weights(config: &UNetConfig, path: &Path, seed: u64) -> Resu
         offset += bytes;
     }
     let mut header = Value::Object(header).to_string().into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let io = |e: std::io::Error| Error::io(path, "cannot write random weights", e);

@@ -46,7 +46,7 @@ impl SampleShape {
     /// How many samples `data` holds; an error unless it is a whole, non-zero number.
     pub fn count(&self, data: &[f32], what: &str) -> Result<usize> {
         let per = self.len();
-        if per == 0 || data.is_empty() || data.len() % per != 0 {
+        if per == 0 || data.is_empty() || !data.len().is_multiple_of(per) {
             return Err(Error::shape(
                 what,
                 format!(

@@ -118,7 +118,7 @@ impl Steering {
             && self.method == SteerMethod::FeynmanKac
             && step + 1 < num_steps
             && self.window.contains(step)
-            && (step + 1 - self.window.start) % self.every == 0
+            && (step + 1 - self.window.start).is_multiple_of(self.every)
     }
 }
 

@@ -24,7 +24,7 @@ const LANES: usize = 8;
 
 /// Whether [`attention`] handles these shapes on this CPU.
 pub fn applies(s: &AttentionDims) -> bool {
-    s.head_dim % LANES == 0
+    s.head_dim.is_multiple_of(LANES)
         && (LANES..=4 * LANES).contains(&s.head_dim)
         && std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
@@ -177,7 +177,7 @@ unsafe fn block_rows<const NV: usize, const R: usize>(
     let queries = scratch.queries.as_ptr();
     let scores = scratch.scores.as_mut_ptr();
     let out = scratch.out.as_mut_ptr();
-    debug_assert!(scratch.keys_t.len() >= d * keys_padded && keys_padded % (2 * LANES) == 0);
+    debug_assert!(scratch.keys_t.len() >= d * keys_padded && keys_padded.is_multiple_of(2 * LANES));
     debug_assert!(scratch.scores.len() >= R * keys_padded);
     debug_assert!(scratch.queries.len() >= rows_padded * d && scratch.out.len() >= rows_padded * d);
     let mut r0 = 0;

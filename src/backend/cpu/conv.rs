@@ -40,7 +40,7 @@ pub fn conv2d(
     // same order whatever its chunk, so the chunks can follow the thread count and
     // keep every core busy. Larger ones go to the packed GEMM, which is faster once
     // packing pays off, with chunks that depend on shapes only.
-    let unpacked = cout % 8 == 0 && k * cout <= SMALL_WEIGHT_FLOATS && rows <= SMALL_ROWS;
+    let unpacked = cout.is_multiple_of(8) && k * cout <= SMALL_WEIGHT_FLOATS && rows <= SMALL_ROWS;
     let mut chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
     if unpacked {
         chunk_rows = chunk_rows.min(rows.div_ceil(rayon::current_num_threads()).max(6));

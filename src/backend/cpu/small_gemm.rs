@@ -35,13 +35,13 @@ pub fn small_matmul(
         "small_matmul: operand does not fit its slice"
     );
     #[cfg(target_arch = "x86_64")]
-    if n % (2 * LANES) == 0 && k > 0 && std::is_x86_feature_detected!("avx512f") {
+    if n.is_multiple_of(2 * LANES) && k > 0 && std::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512 F is present; the bounds were checked above.
         unsafe { avx512::product(dst, dst_stride, a, a_stride, b, m, k, n) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if n % LANES == 0
+    if n.is_multiple_of(LANES)
         && k > 0
         && std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
