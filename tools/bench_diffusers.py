@@ -49,6 +49,11 @@ def main():
     labels = torch.arange(args.batch) % classes if classes else None
 
     with torch.inference_mode():
+        # The same large f32 GEMM that `diffsteer bench` takes as its ceiling.
+        gm, gk, gn = 4096, 1024, 1024
+        ga, gb = torch.randn(gm, gk), torch.randn(gk, gn)
+        gemm_s = median_time(lambda: torch.matmul(ga, gb), args.iters)
+        gemm_gflops = 2 * gm * gk * gn / gemm_s / 1e9
         forward_s = median_time(lambda: unet(x, t, class_labels=labels).sample, args.iters)
 
         with open(f"{args.model}/scheduler_config.json") as f:
@@ -72,9 +77,11 @@ def main():
         sample_s = median_time(sample, min(args.iters, 3))
 
     print(f"diffusers {torch.__version__}/{__import__('diffusers').__version__}, {args.threads} threads")
+    print(f"gemm {gm}×{gk}×{gn} f32 (torch.matmul) {gemm_s * 1e3:9.2f} ms  {gemm_gflops:7.1f} GFLOP/s")
     print(f"unet forward, batch {args.batch:<4}         {forward_s * 1e3:9.2f} ms")
     print(f"sample {images} images, {args.steps} {args.scheduler} steps, cfg 3 {sample_s:7.2f} s   {sample_s / images:7.3f} s/image")
-    print(json.dumps({"forward_ms": forward_s * 1e3, "sample_s": sample_s, "images": images}))
+    print(json.dumps({"forward_ms": forward_s * 1e3, "sample_s": sample_s, "images": images,
+                      "gemm_gflops": gemm_gflops}))
 
 
 if __name__ == "__main__":
