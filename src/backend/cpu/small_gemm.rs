@@ -85,33 +85,37 @@ mod avx2 {
         n: usize,
     ) {
         let (dst, a, b) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
-        let mut i = 0;
-        while i < m {
-            let rows = ROWS.min(m - i);
-            let (d, ai) = (dst.add(i * dst_stride), a.add(i * a_stride));
-            let mut j = 0;
-            while j + 2 * LANES <= n {
-                match rows {
-                    6 => tile::<6, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    5 => tile::<5, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    4 => tile::<4, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    3 => tile::<3, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    2 => tile::<2, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    _ => tile::<1, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+        // Column panels outermost: one panel of `b` (k × 2 vectors) stays in L1/L2
+        // while every row block passes over it, however wide `b` is.
+        let mut j = 0;
+        while j < n {
+            let two = n - j >= 2 * LANES;
+            let mut i = 0;
+            while i < m {
+                let rows = ROWS.min(m - i);
+                let (d, ai) = (dst.add(i * dst_stride + j), a.add(i * a_stride));
+                if two {
+                    match rows {
+                        6 => tile::<6, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        5 => tile::<5, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        4 => tile::<4, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        3 => tile::<3, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        2 => tile::<2, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        _ => tile::<1, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                    }
+                } else {
+                    match rows {
+                        6 => tile::<6, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        5 => tile::<5, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        4 => tile::<4, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        3 => tile::<3, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        2 => tile::<2, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        _ => tile::<1, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                    }
                 }
-                j += 2 * LANES;
+                i += rows;
             }
-            if j < n {
-                match rows {
-                    6 => tile::<6, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    5 => tile::<5, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    4 => tile::<4, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    3 => tile::<3, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    2 => tile::<2, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    _ => tile::<1, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                }
-            }
-            i += rows;
+            j += if two { 2 * LANES } else { LANES };
         }
     }
 
@@ -170,37 +174,41 @@ mod avx512 {
         n: usize,
     ) {
         let (dst, a, b) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
-        let mut i = 0;
-        while i < m {
-            let rows = ROWS.min(m - i);
-            let (d, ai) = (dst.add(i * dst_stride), a.add(i * a_stride));
-            let mut j = 0;
-            while j + 2 * WIDE <= n {
-                match rows {
-                    8 => tile::<8, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    7 => tile::<7, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    6 => tile::<6, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    5 => tile::<5, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    4 => tile::<4, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    3 => tile::<3, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    2 => tile::<2, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    _ => tile::<1, 2>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
+        // Column panels outermost: one panel of `b` (k × 2 vectors) stays in L1/L2
+        // while every row block passes over it, however wide `b` is.
+        let mut j = 0;
+        while j < n {
+            let two = n - j >= 2 * WIDE;
+            let mut i = 0;
+            while i < m {
+                let rows = ROWS.min(m - i);
+                let (d, ai) = (dst.add(i * dst_stride + j), a.add(i * a_stride));
+                if two {
+                    match rows {
+                        8 => tile::<8, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        7 => tile::<7, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        6 => tile::<6, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        5 => tile::<5, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        4 => tile::<4, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        3 => tile::<3, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        2 => tile::<2, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        _ => tile::<1, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                    }
+                } else {
+                    match rows {
+                        8 => tile::<8, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        7 => tile::<7, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        6 => tile::<6, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        5 => tile::<5, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        4 => tile::<4, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        3 => tile::<3, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        2 => tile::<2, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                        _ => tile::<1, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
+                    }
                 }
-                j += 2 * WIDE;
+                i += rows;
             }
-            if j < n {
-                match rows {
-                    8 => tile::<8, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    7 => tile::<7, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    6 => tile::<6, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    5 => tile::<5, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    4 => tile::<4, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    3 => tile::<3, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    2 => tile::<2, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                    _ => tile::<1, 1>(d.add(j), dst_stride, ai, a_stride, b.add(j), k, n),
-                }
-            }
-            i += rows;
+            j += if two { 2 * WIDE } else { WIDE };
         }
     }
 
