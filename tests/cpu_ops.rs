@@ -299,3 +299,78 @@ fn silu_with_derivative_matches_f64_and_silu_slice() {
         );
     }
 }
+
+#[test]
+fn conv_epilogue_equals_the_separate_ops_bit_for_bit() {
+    use diffsteer::backend::ConvEpilogue;
+    let b = CpuBackend::new();
+    // (input shape, weight shape, stride, padding, residual scale): a Winograd 3×3,
+    // a strided 3×3 and a 1×1 (both im2col / GEMM), and a scale other than 1.
+    type Case<'a> = (&'a [usize], &'a [usize], usize, usize, f32);
+    let cases: [Case; 4] = [
+        (&[2, 9, 7, 16], &[3, 3, 16, 24], 1, 1, 1.0),
+        (&[3, 8, 8, 8], &[3, 3, 8, 16], 2, 1, 1.0),
+        (&[2, 5, 6, 12], &[1, 1, 12, 20], 1, 0, 1.0),
+        (&[1, 12, 12, 32], &[3, 3, 32, 32], 1, 1, 0.5),
+    ];
+    for (case, &(xs, ws, stride, pad, scale)) in cases.iter().enumerate() {
+        let seed = 300 + 10 * case as u64;
+        let g = Conv2dGeometry::symmetric(stride, pad);
+        let x = tensor(&b, &random(xs, seed));
+        let w = tensor(&b, &random(ws, seed + 1));
+        let bias = tensor(&b, &random(&[ws[3]], seed + 2));
+        let plain = b.conv2d(&x, &w, Some(&bias), &g).expect("conv");
+        let sample_bias = tensor(&b, &random(&[xs[0], ws[3]], seed + 3));
+        let residual = tensor(&b, &random(plain.shape(), seed + 4));
+
+        let mut want = b.conv2d(&x, &w, Some(&bias), &g).expect("conv");
+        b.add_channel_bias_assign(&mut want, &sample_bias)
+            .expect("bias");
+        b.add_assign(&mut want, &residual, scale).expect("add");
+        let got = b
+            .conv2d_epilogue(
+                &x,
+                &w,
+                Some(&bias),
+                &g,
+                ConvEpilogue {
+                    sample_bias: Some(&sample_bias),
+                    residual: Some((&residual, scale)),
+                },
+            )
+            .expect("fused");
+        assert_eq!(
+            b.to_host(&got).expect("host"),
+            b.to_host(&want).expect("host"),
+            "case {case}"
+        );
+
+        // A residual or sample bias of the wrong shape is an error, not a panic.
+        let wrong = tensor(&b, &random(&[xs[0] + 1, ws[3]], seed + 5));
+        let err = b.conv2d_epilogue(
+            &x,
+            &w,
+            Some(&bias),
+            &g,
+            ConvEpilogue {
+                sample_bias: Some(&wrong),
+                residual: None,
+            },
+        );
+        assert!(
+            err.is_err(),
+            "case {case}: a wrong sample bias was accepted"
+        );
+        let err = b.conv2d_epilogue(
+            &x,
+            &w,
+            Some(&bias),
+            &g,
+            ConvEpilogue {
+                sample_bias: None,
+                residual: Some((&sample_bias, 1.0)),
+            },
+        );
+        assert!(err.is_err(), "case {case}: a wrong residual was accepted");
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Conv2dGeometry};
+use super::{Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -97,6 +97,26 @@ impl Backend for CountingBackend<'_> {
             name,
             |out: &Tensor| 2 * out.len() * k,
             || self.inner.conv2d(x, weight, bias, geometry),
+        )
+    }
+    fn conv2d_epilogue(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        geometry: &Conv2dGeometry,
+        epilogue: ConvEpilogue,
+    ) -> Result<Tensor> {
+        let k: usize = weight.shape().iter().take(3).product();
+        let pointwise = weight.shape().first() == Some(&1) && weight.shape().get(1) == Some(&1);
+        let name = if pointwise { "conv2d 1x1" } else { "conv2d" };
+        self.record(
+            name,
+            |out: &Tensor| 2 * out.len() * k,
+            || {
+                self.inner
+                    .conv2d_epilogue(x, weight, bias, geometry, epilogue)
+            },
         )
     }
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

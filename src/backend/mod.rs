@@ -14,6 +14,18 @@ pub mod shapes;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// Elementwise work applied to a convolution's output as it is written, in this
+/// order (see [`Backend::conv2d_epilogue`]).
+#[derive(Clone, Copy, Default)]
+pub struct ConvEpilogue<'a> {
+    /// `[n, c_out]`: added to every pixel of sample n (a ResNet block's time
+    /// embedding).
+    pub sample_bias: Option<&'a Tensor>,
+    /// A tensor of the output's shape and a scale: `out ← (out + residual) · scale`
+    /// (a ResNet block's skip connection).
+    pub residual: Option<(&'a Tensor, f32)>,
+}
+
 /// Stride and zero padding of a 2-D convolution (padding may be asymmetric, as
 /// diffusers' `Downsample2D` with `padding=0` pads only bottom and right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +78,28 @@ pub trait Backend: Send + Sync {
         bias: Option<&Tensor>,
         geometry: &Conv2dGeometry,
     ) -> Result<Tensor>;
+
+    /// [`Backend::conv2d`] with a ResNet block's elementwise work folded into the
+    /// writing of its output, which saves passes over the activation. Equal to
+    /// `conv2d`, then [`Backend::add_channel_bias_assign`] with `sample_bias`, then
+    /// [`Backend::add_assign`] with the residual: the default does exactly that.
+    fn conv2d_epilogue(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        geometry: &Conv2dGeometry,
+        epilogue: ConvEpilogue,
+    ) -> Result<Tensor> {
+        let mut out = self.conv2d(x, weight, bias, geometry)?;
+        if let Some(sample_bias) = epilogue.sample_bias {
+            self.add_channel_bias_assign(&mut out, sample_bias)?;
+        }
+        if let Some((residual, scale)) = epilogue.residual {
+            self.add_assign(&mut out, residual, scale)?;
+        }
+        Ok(out)
+    }
 
     /// `x · weight + bias` over the last dimension: `[.., k] × [k, n] → [.., n]`.
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor>;

@@ -2,7 +2,7 @@
 //! (PyTorch-layout) tensors and converted once to the engine's layouts.
 
 use super::weights::Scope;
-use crate::backend::{Backend, Conv2dGeometry};
+use crate::backend::{Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -52,6 +52,22 @@ impl Conv2d {
 
     pub fn forward(&self, b: &dyn Backend, x: &Tensor) -> Result<Tensor> {
         b.conv2d(x, &self.weight, self.bias.as_ref(), &self.geometry)
+    }
+
+    /// The convolution with elementwise work folded into its output.
+    pub fn forward_with(
+        &self,
+        b: &dyn Backend,
+        x: &Tensor,
+        epilogue: ConvEpilogue,
+    ) -> Result<Tensor> {
+        b.conv2d_epilogue(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            &self.geometry,
+            epilogue,
+        )
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::layers::{Conv2d, GroupNorm, Linear};
 use super::weights::Scope;
-use crate::backend::{Backend, Conv2dGeometry};
+use crate::backend::{Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -59,15 +59,27 @@ impl ResnetBlock {
     /// ResNets of a forward pass.
     pub fn forward(&self, b: &dyn Backend, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let h = self.norm1.forward(b, x, true)?;
-        let mut h = self.conv1.forward(b, &h)?;
         let t = self.time_emb_proj.forward(b, temb_act)?;
-        b.add_channel_bias_assign(&mut h, &t)?;
+        let h = self.conv1.forward_with(
+            b,
+            &h,
+            ConvEpilogue {
+                sample_bias: Some(&t),
+                residual: None,
+            },
+        )?;
         let h = self.norm2.forward(b, &h, true)?;
-        let mut h = self.conv2.forward(b, &h)?;
-        match &self.conv_shortcut {
-            Some(conv) => b.add_assign(&mut h, &conv.forward(b, x)?, self.output_scale)?,
-            None => b.add_assign(&mut h, x, self.output_scale)?,
-        }
-        Ok(h)
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => Some(conv.forward(b, x)?),
+            None => None,
+        };
+        self.conv2.forward_with(
+            b,
+            &h,
+            ConvEpilogue {
+                sample_bias: None,
+                residual: Some((shortcut.as_ref().unwrap_or(x), self.output_scale)),
+            },
+        )
     }
 }

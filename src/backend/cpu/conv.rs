@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::epilogue::Epilogue;
 use super::matmul::{matmul, MatRef};
 use super::small_gemm::small_matmul;
 use crate::backend::shapes::ConvDims;
@@ -22,6 +23,7 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     s: &ConvDims,
     g: &Conv2dGeometry,
+    epilogue: Epilogue,
 ) -> Vec<f32> {
     let rows = s.batch * s.out_height * s.out_width;
     let k = s.kernel_h * s.kernel_w * s.in_channels;
@@ -66,15 +68,16 @@ pub fn conv2d(
                         }
                     }
                 }
-                return;
-            }
-            if let Some(b) = bias {
-                for row in dst.chunks_mut(cout) {
-                    row.copy_from_slice(b);
+            } else {
+                if let Some(b) = bias {
+                    for row in dst.chunks_mut(cout) {
+                        row.copy_from_slice(b);
+                    }
                 }
+                let lhs = MatRef::row_major(lhs, n_rows, k);
+                matmul(dst, cout, lhs, w, 1.0, bias.is_some());
             }
-            let lhs = MatRef::row_major(lhs, n_rows, k);
-            matmul(dst, cout, lhs, w, 1.0, bias.is_some());
+            epilogue.apply(dst, first_row);
         });
     out
 }

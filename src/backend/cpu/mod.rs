@@ -6,6 +6,7 @@ mod attention;
 mod attention_simd;
 mod conv;
 pub mod elementwise;
+mod epilogue;
 pub mod matmul;
 mod norm;
 mod shared_out;
@@ -14,9 +15,10 @@ pub mod vmath;
 mod winograd;
 
 use crate::backend::shapes::{self, ConvDims};
-use crate::backend::{Backend, Conv2dGeometry};
+use crate::backend::{Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::Result;
 use crate::tensor::Tensor;
+use epilogue::Epilogue;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
@@ -47,12 +49,31 @@ impl Backend for CpuBackend {
         bias: Option<&Tensor>,
         geometry: &Conv2dGeometry,
     ) -> Result<Tensor> {
+        self.conv2d_epilogue(x, weight, bias, geometry, ConvEpilogue::default())
+    }
+
+    fn conv2d_epilogue(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        geometry: &Conv2dGeometry,
+        epilogue: ConvEpilogue,
+    ) -> Result<Tensor> {
         let dims = shapes::conv2d(x, weight, bias, geometry)?;
+        let epilogue = Epilogue::new(&epilogue, &dims)?;
         let bias = bias.map(Tensor::cpu_data).transpose()?;
         let out = if winograd::applies(&dims, geometry) {
-            winograd::conv2d(x.cpu_data()?, weight, bias, &dims, geometry)?
+            winograd::conv2d(x.cpu_data()?, weight, bias, &dims, geometry, epilogue)?
         } else {
-            conv::conv2d(x.cpu_data()?, weight.cpu_data()?, bias, &dims, geometry)
+            conv::conv2d(
+                x.cpu_data()?,
+                weight.cpu_data()?,
+                bias,
+                &dims,
+                geometry,
+                epilogue,
+            )
         };
         Tensor::from_vec(&dims.out_shape(), out)
     }
@@ -60,12 +81,14 @@ impl Backend for CpuBackend {
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (rows, k, n) = shapes::linear(x, weight, bias)?;
         let bias = bias.map(Tensor::cpu_data).transpose()?;
+        let dims = ConvDims::matmul(rows, k, n);
         let out = conv::conv2d(
             x.cpu_data()?,
             weight.cpu_data()?,
             bias,
-            &ConvDims::matmul(rows, k, n),
+            &dims,
             &Conv2dGeometry::symmetric(1, 0),
+            Epilogue::none(&dims),
         );
         Tensor::from_vec(&shapes::with_last_dim(x.shape(), n), out)
     }

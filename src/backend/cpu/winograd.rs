@@ -14,6 +14,7 @@
 
 use rayon::prelude::*;
 
+use super::epilogue::Epilogue;
 use super::shared_out::SharedOut;
 use super::small_gemm::small_matmul;
 use crate::backend::shapes::ConvDims;
@@ -76,6 +77,7 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     s: &ConvDims,
     g: &Conv2dGeometry,
+    epilogue: Epilogue,
 ) -> Result<Vec<f32>> {
     let (cin, cout) = (s.in_channels, s.out_channels);
     let mut out = pool::for_overwrite(s.rows() * cout);
@@ -129,7 +131,7 @@ pub fn conv2d(
                     cout,
                 );
             }
-            output_tiles_best(m, bias, &layout, first, n, shared, d);
+            output_tiles_best(m, bias, &epilogue, &layout, first, n, shared, d);
         },
     );
     Ok(out)
@@ -323,6 +325,7 @@ unsafe fn input_tiles_avx2(
 fn output_tiles_best(
     m: &[f32],
     bias: Option<&[f32]>,
+    epilogue: &Epilogue,
     layout: &TileLayout,
     first: usize,
     n: usize,
@@ -332,9 +335,9 @@ fn output_tiles_best(
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { output_tiles_avx2(m, bias, layout, first, n, out, scratch) };
+        return unsafe { output_tiles_avx2(m, bias, epilogue, layout, first, n, out, scratch) };
     }
-    output_tiles::<false>(m, bias, layout, first, n, out, scratch)
+    output_tiles::<false>(m, bias, epilogue, layout, first, n, out, scratch)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -343,13 +346,14 @@ fn output_tiles_best(
 unsafe fn output_tiles_avx2(
     m: &[f32],
     bias: Option<&[f32]>,
+    epilogue: &Epilogue,
     layout: &TileLayout,
     first: usize,
     n: usize,
     out: SharedOut,
     scratch: &mut [f32],
 ) {
-    output_tiles::<true>(m, bias, layout, first, n, out, scratch)
+    output_tiles::<true>(m, bias, epilogue, layout, first, n, out, scratch)
 }
 
 /// Writes `Bᵀ·d·B` of tiles `first .. first + n` into `v` as `[point][tile][c_in]`.
@@ -415,12 +419,14 @@ fn input_tiles<const FMA: bool>(
 }
 
 /// Turns the products `m` (`[point][tile][c_out]`) of tiles `first .. first + n`
-/// into output pixels `Aᵀ·m·A + bias`, dropping those past the image edge.
+/// into output pixels `Aᵀ·m·A + bias` (then the epilogue), dropping those past the
+/// image edge.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_tiles<const FMA: bool>(
     m: &[f32],
     bias: Option<&[f32]>,
+    epilogue: &Epilogue,
     layout: &TileLayout,
     first: usize,
     n: usize,
@@ -457,8 +463,10 @@ fn output_tiles<const FMA: bool>(
                 let pixels =
                     unsafe { std::slice::from_raw_parts_mut(out.ptr().add(offset), TILE * cout) };
                 output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(pixels, cout));
+                epilogue.apply(pixels, offset / cout);
             } else {
                 output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(rows, cout));
+                epilogue.apply(&mut rows[..width * cout], offset / cout);
                 // SAFETY: as above, for the `width` columns inside the image.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
@@ -557,8 +565,9 @@ mod tests {
             let wt = pseudo_random(9 * cin * cout, 23 + case as u32);
             let bias = pseudo_random(cout, 5);
             let weight = Tensor::from_vec(&[3, 3, cin, cout], wt.clone()).expect("weight");
-            let got = conv2d(&x, &weight, Some(&bias), &s, &g).expect("conv");
-            let again = conv2d(&x, &weight, Some(&bias), &s, &g).expect("cached");
+            let none = Epilogue::none(&s);
+            let got = conv2d(&x, &weight, Some(&bias), &s, &g, none).expect("conv");
+            let again = conv2d(&x, &weight, Some(&bias), &s, &g, none).expect("cached");
             assert_eq!(
                 got, again,
                 "case {case}: the cached transform changes nothing"

@@ -1,0 +1,88 @@
+//! A convolution's epilogue on the CPU: the per-sample bias and the scaled residual
+//! of [`crate::backend::ConvEpilogue`], applied to output pixels while they are
+//! still in cache. The arithmetic is that of `add_channel_bias_assign` followed by
+//! `add_assign`, so fused and unfused results are the same bits.
+
+use crate::backend::shapes::ConvDims;
+use crate::backend::ConvEpilogue;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    sample_bias: Option<&'a [f32]>,
+    residual: Option<(&'a [f32], f32)>,
+    channels: usize,
+    pixels_per_sample: usize,
+}
+
+impl<'a> Epilogue<'a> {
+    /// Nothing to apply.
+    pub fn none(s: &ConvDims) -> Self {
+        Epilogue {
+            sample_bias: None,
+            residual: None,
+            channels: s.out_channels,
+            pixels_per_sample: s.out_height * s.out_width,
+        }
+    }
+
+    /// `e`'s tensors as CPU slices, checked against the convolution's output shape.
+    pub fn new(e: &ConvEpilogue<'a>, s: &ConvDims) -> Result<Self> {
+        let mut out = Epilogue::none(s);
+        if let Some(t) = e.sample_bias {
+            if t.shape() != [s.batch, s.out_channels] {
+                return Err(Error::shape(
+                    "conv2d_epilogue",
+                    format!(
+                        "sample bias must be [{}, {}], got {:?}",
+                        s.batch,
+                        s.out_channels,
+                        t.shape()
+                    ),
+                ));
+            }
+            out.sample_bias = Some(t.cpu_data()?);
+        }
+        if let Some((t, scale)) = e.residual {
+            if t.shape() != s.out_shape() {
+                return Err(Error::shape(
+                    "conv2d_epilogue",
+                    format!(
+                        "residual must be {:?} like the output, got {:?}",
+                        s.out_shape(),
+                        t.shape()
+                    ),
+                ));
+            }
+            out.residual = Some((t.cpu_data()?, scale));
+        }
+        Ok(out)
+    }
+
+    /// Applies to `dst`: consecutive output pixels from flat pixel index `first`.
+    pub fn apply(&self, dst: &mut [f32], first: usize) {
+        if self.sample_bias.is_none() && self.residual.is_none() {
+            return;
+        }
+        let c = self.channels;
+        for (i, px) in dst.chunks_exact_mut(c).enumerate() {
+            let p = first + i;
+            if let Some(bias) = self.sample_bias {
+                let sample = p / self.pixels_per_sample;
+                for (v, b) in px.iter_mut().zip(&bias[sample * c..(sample + 1) * c]) {
+                    *v += b;
+                }
+            }
+            if let Some((residual, scale)) = self.residual {
+                let r = &residual[p * c..(p + 1) * c];
+                if scale == 1.0 {
+                    px.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+                } else {
+                    px.iter_mut()
+                        .zip(r)
+                        .for_each(|(v, r)| *v = (*v + r) * scale);
+                }
+            }
+        }
+    }
+}
