@@ -32,6 +32,10 @@ const POINTS: usize = SPAN * SPAN;
 /// the transforms cost as much as the multiplications they save (a U-Net's first
 /// and last convolutions, with 1 to 4 image channels, stay direct).
 const MIN_CHANNELS: usize = 16;
+/// Chunks per thread at most, so that a thread that starts late (waking up takes
+/// tens of microseconds, a small batch's whole convolution) leaves its share to the
+/// others rather than doubling the wall time.
+const CHUNKS_PER_THREAD: usize = 4;
 /// Tiles below which the product's register tile runs short of rows.
 const REGISTER_ROWS: usize = 8;
 /// Tiles per chunk below which re-reading the transformed weights dominates.
@@ -91,12 +95,12 @@ pub fn conv2d(
     let u = weight.derived(|| transform_weights(raw, cin, cout));
     // Chunks that fit in cache, but at least MIN_TILES_PER_CHUNK tiles so that the
     // transformed weights (read once per chunk, 14 MiB at 320 channels) are
-    // amortised; at most one chunk per thread's share, so that small batches use
+    // amortised; at most a quarter of a thread's share, so that small batches use
     // every core; never fewer tiles than one register tile of the product. Results
     // do not depend on the chunking: every output sums its terms in the same order.
     let per_chunk = (CHUNK_FLOATS / (POINTS * (cin + cout)))
         .max(MIN_TILES_PER_CHUNK)
-        .min(tiles.div_ceil(rayon::current_num_threads()))
+        .min(tiles.div_ceil(CHUNKS_PER_THREAD * rayon::current_num_threads()))
         .max(REGISTER_ROWS.min(tiles));
     let chunks = tiles.div_ceil(per_chunk);
     let shared = SharedOut::new(&mut out);
