@@ -39,8 +39,8 @@ pub fn conv2d(
         && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
     // Small products (a small batch, weights that stay in L2) go through the
     // register-tiled kernel, which needs no packing and sums every output in the
-    // same order whatever its chunk, so the chunks can follow the thread count and
-    // keep every core busy. Larger ones go to the packed GEMM, which is faster once
+    // same order whatever its chunk, so the chunks can follow the thread count (four
+    // per thread, for balance) and keep every core busy. Larger ones go to the packed GEMM, which is faster once
     // packing pays off, with chunks that depend on shapes only.
     let unpacked = cout.is_multiple_of(8) && k * cout <= SMALL_WEIGHT_FLOATS && rows <= SMALL_ROWS;
     let mut chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
