@@ -1,6 +1,8 @@
 //! The parameterised layers every U-Net is built from, loaded from diffusers
 //! (PyTorch-layout) tensors and converted once to the engine's layouts.
 
+use rayon::prelude::*;
+
 use super::weights::Scope;
 use crate::backend::{Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::Result;
@@ -25,16 +27,18 @@ impl Conv2d {
         has_bias: bool,
     ) -> Result<Self> {
         let torch = s.take("weight", &[cout, cin, k, k])?;
+        // [c_out, c_in, k, k] → [k, k, c_in, c_out], one output row per task (this
+        // is most of a model's load time).
         let mut hwio = vec![0f32; torch.len()];
-        for o in 0..cout {
-            for i in 0..cin {
-                for y in 0..k {
-                    for x in 0..k {
-                        hwio[((y * k + x) * cin + i) * cout + o] =
-                            torch[((o * cin + i) * k + y) * k + x];
+        if cout > 0 {
+            hwio.par_chunks_mut(cout)
+                .enumerate()
+                .for_each(|(row, dst)| {
+                    let (yx, i) = (row / cin, row % cin);
+                    for (o, d) in dst.iter_mut().enumerate() {
+                        *d = torch[((o * cin + i) * k * k) + yx];
                     }
-                }
-            }
+                });
         }
         let bias = if has_bias {
             Some(b.tensor(&[cout], s.take("bias", &[cout])?)?)
