@@ -30,7 +30,8 @@ fn generate(out: &Path, extra: &[&str]) -> std::process::Output {
 fn generate_writes_images_and_metadata() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("run");
-    let grid = tmp.path().join("grid.png");
+    // Inside the --out folder, which does not exist yet: the README's quick start.
+    let grid = out.join("grid.png");
     let result = generate(
         &out,
         &[

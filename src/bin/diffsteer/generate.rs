@@ -84,11 +84,16 @@ fn prepare_out(dir: &Path, overwrite: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-fn check_grid_path(grid: &Path) -> Result<(), CliError> {
+/// The grid's folder must exist and be writable; the `--out` folder itself counts as
+/// existing, since `generate` creates it (`--out out --grid out/grid.png`).
+fn check_grid_path(grid: &Path, out: &Path) -> Result<(), CliError> {
     let parent = grid
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    if parent == out && !parent.exists() {
+        return Ok(());
+    }
     if !parent.is_dir() {
         return Err(usage(
             "--grid",
@@ -140,7 +145,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
     let model_dir = resolve_model(&args.model);
     let folder = ModelFolder::locate(&model_dir).map_err(|e| usage("--model", e))?;
     if let Some(grid) = &args.grid {
-        check_grid_path(grid)?;
+        check_grid_path(grid, &args.out)?;
     }
     let scheduler_config = folder.load_scheduler_config()?;
     let scheduler_arg = args
