@@ -90,14 +90,7 @@ impl Backend for CountingBackend<'_> {
         bias: Option<&Tensor>,
         geometry: &Conv2dGeometry,
     ) -> Result<Tensor> {
-        let k: usize = weight.shape().iter().take(3).product();
-        let pointwise = weight.shape().first() == Some(&1) && weight.shape().get(1) == Some(&1);
-        let name = if pointwise { "conv2d 1x1" } else { "conv2d" };
-        self.record(
-            name,
-            |out: &Tensor| 2 * out.len() * k,
-            || self.inner.conv2d(x, weight, bias, geometry),
-        )
+        self.conv2d_epilogue(x, weight, bias, geometry, ConvEpilogue::default())
     }
     fn conv2d_epilogue(
         &self,

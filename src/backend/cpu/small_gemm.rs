@@ -66,12 +66,37 @@ const LANES: usize = 8;
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::LANES;
+    use super::kernel::{product_with, Vector};
 
-    /// Rows per register tile: 6 rows × 2 vectors = 12 accumulators, leaving
-    /// registers for the two right-operand vectors and a broadcast.
-    const ROWS: usize = 6;
+    pub struct Avx2;
 
+    impl Vector for Avx2 {
+        type V = __m256;
+        const WIDTH: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m256 {
+            _mm256_broadcast_ss(&*p)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+    }
+
+    /// 6 rows × 2 vectors = 12 accumulators of the 16 registers, leaving room for
+    /// the two right-operand vectors and a broadcast.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn product(
@@ -84,70 +109,7 @@ mod avx2 {
         k: usize,
         n: usize,
     ) {
-        let (dst, a, b) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
-        // Column panels outermost: one panel of `b` (k × 2 vectors) stays in L1/L2
-        // while every row block passes over it, however wide `b` is.
-        let mut j = 0;
-        while j < n {
-            let two = n - j >= 2 * LANES;
-            let mut i = 0;
-            while i < m {
-                let rows = ROWS.min(m - i);
-                let (d, ai) = (dst.add(i * dst_stride + j), a.add(i * a_stride));
-                if two {
-                    match rows {
-                        6 => tile::<6, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        5 => tile::<5, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        4 => tile::<4, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        3 => tile::<3, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        2 => tile::<2, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        _ => tile::<1, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                    }
-                } else {
-                    match rows {
-                        6 => tile::<6, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        5 => tile::<5, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        4 => tile::<4, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        3 => tile::<3, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        2 => tile::<2, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        _ => tile::<1, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                    }
-                }
-                i += rows;
-            }
-            j += if two { 2 * LANES } else { LANES };
-        }
-    }
-
-    /// One `R × (V·8)` block of the output over all `k` terms.
-    #[inline(always)]
-    unsafe fn tile<const R: usize, const V: usize>(
-        dst: *mut f32,
-        dst_stride: usize,
-        a: *const f32,
-        a_stride: usize,
-        b: *const f32,
-        k: usize,
-        n: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); V]; R];
-        for p in 0..k {
-            let mut bv = [_mm256_setzero_ps(); V];
-            for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(b.add(p * n + v * LANES));
-            }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r * a_stride + p));
-                for (x, y) in row.iter_mut().zip(&bv) {
-                    *x = _mm256_fmadd_ps(av, *y, *x);
-                }
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                _mm256_storeu_ps(dst.add(r * dst_stride + v * LANES), *x);
-            }
-        }
+        product_with::<Avx2, 6>(dst, dst_stride, a, a_stride, b, m, k, n)
     }
 }
 
@@ -155,12 +117,37 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Floats per 512-bit vector.
-    const WIDE: usize = 16;
-    /// Rows per register tile: 8 rows × 2 vectors = 16 accumulators of the 32
-    /// registers, so each broadcast feeds two FMAs and each loaded row of `b` eight.
-    const ROWS: usize = 8;
+    use super::kernel::{product_with, Vector};
 
+    pub struct Avx512;
+
+    impl Vector for Avx512 {
+        type V = __m512;
+        const WIDTH: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m512 {
+            _mm512_set1_ps(*p)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+    }
+
+    /// 8 rows × 2 vectors = 16 accumulators of the 32 registers, so each broadcast
+    /// feeds two FMAs and each loaded row of `b` eight.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn product(
@@ -173,48 +160,91 @@ mod avx512 {
         k: usize,
         n: usize,
     ) {
+        product_with::<Avx512, 8>(dst, dst_stride, a, a_stride, b, m, k, n)
+    }
+}
+
+/// The register-tiled product, written once over a vector type; each instruction
+/// set instantiates it inside a function compiled for that set.
+#[cfg(target_arch = "x86_64")]
+mod kernel {
+    /// The few vector operations the microkernel needs.
+    pub trait Vector {
+        type V: Copy;
+        /// Floats per vector.
+        const WIDTH: usize;
+        unsafe fn zero() -> Self::V;
+        unsafe fn load(p: *const f32) -> Self::V;
+        /// One float broadcast to every lane.
+        unsafe fn splat(p: *const f32) -> Self::V;
+        /// `a·b + c`.
+        unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+    }
+
+    /// The whole product with register tiles of up to `ROWS` rows × 2 vectors;
+    /// `n` is a whole number of vectors. Column panels are outermost: one panel of
+    /// `b` (k × 2 vectors) stays in L1/L2 while every row block passes over it,
+    /// however wide `b` is.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub unsafe fn product_with<S: Vector, const ROWS: usize>(
+        dst: &mut [f32],
+        dst_stride: usize,
+        a: &[f32],
+        a_stride: usize,
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
         let (dst, a, b) = (dst.as_mut_ptr(), a.as_ptr(), b.as_ptr());
-        // Column panels outermost: one panel of `b` (k × 2 vectors) stays in L1/L2
-        // while every row block passes over it, however wide `b` is.
         let mut j = 0;
         while j < n {
-            let two = n - j >= 2 * WIDE;
+            let two = n - j >= 2 * S::WIDTH;
             let mut i = 0;
             while i < m {
                 let rows = ROWS.min(m - i);
-                let (d, ai) = (dst.add(i * dst_stride + j), a.add(i * a_stride));
+                let (d, ai, bj) = (dst.add(i * dst_stride + j), a.add(i * a_stride), b.add(j));
                 if two {
-                    match rows {
-                        8 => tile::<8, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        7 => tile::<7, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        6 => tile::<6, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        5 => tile::<5, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        4 => tile::<4, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        3 => tile::<3, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        2 => tile::<2, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        _ => tile::<1, 2>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                    }
+                    rows_tile::<S, 2>(rows, d, dst_stride, ai, a_stride, bj, k, n);
                 } else {
-                    match rows {
-                        8 => tile::<8, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        7 => tile::<7, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        6 => tile::<6, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        5 => tile::<5, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        4 => tile::<4, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        3 => tile::<3, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        2 => tile::<2, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                        _ => tile::<1, 1>(d, dst_stride, ai, a_stride, b.add(j), k, n),
-                    }
+                    rows_tile::<S, 1>(rows, d, dst_stride, ai, a_stride, bj, k, n);
                 }
                 i += rows;
             }
-            j += if two { 2 * WIDE } else { WIDE };
+            j += if two { 2 * S::WIDTH } else { S::WIDTH };
         }
     }
 
-    /// One `R × (V·16)` block of the output over all `k` terms.
+    /// [`tile`] with the row count as a constant.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn tile<const R: usize, const V: usize>(
+    unsafe fn rows_tile<S: Vector, const V: usize>(
+        rows: usize,
+        d: *mut f32,
+        dst_stride: usize,
+        a: *const f32,
+        a_stride: usize,
+        b: *const f32,
+        k: usize,
+        n: usize,
+    ) {
+        match rows {
+            8 => tile::<S, 8, V>(d, dst_stride, a, a_stride, b, k, n),
+            7 => tile::<S, 7, V>(d, dst_stride, a, a_stride, b, k, n),
+            6 => tile::<S, 6, V>(d, dst_stride, a, a_stride, b, k, n),
+            5 => tile::<S, 5, V>(d, dst_stride, a, a_stride, b, k, n),
+            4 => tile::<S, 4, V>(d, dst_stride, a, a_stride, b, k, n),
+            3 => tile::<S, 3, V>(d, dst_stride, a, a_stride, b, k, n),
+            2 => tile::<S, 2, V>(d, dst_stride, a, a_stride, b, k, n),
+            _ => tile::<S, 1, V>(d, dst_stride, a, a_stride, b, k, n),
+        }
+    }
+
+    /// One `R × V` vectors block of the output over all `k` terms.
+    #[inline(always)]
+    unsafe fn tile<S: Vector, const R: usize, const V: usize>(
         dst: *mut f32,
         dst_stride: usize,
         a: *const f32,
@@ -223,22 +253,22 @@ mod avx512 {
         k: usize,
         n: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let mut acc = [[S::zero(); V]; R];
         for p in 0..k {
-            let mut bv = [_mm512_setzero_ps(); V];
+            let mut bv = [S::zero(); V];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(b.add(p * n + v * WIDE));
+                *x = S::load(b.add(p * n + v * S::WIDTH));
             }
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * a_stride + p));
+                let av = S::splat(a.add(r * a_stride + p));
                 for (x, y) in row.iter_mut().zip(&bv) {
-                    *x = _mm512_fmadd_ps(av, *y, *x);
+                    *x = S::fmadd(av, *y, *x);
                 }
             }
         }
         for (r, row) in acc.iter().enumerate() {
             for (v, x) in row.iter().enumerate() {
-                _mm512_storeu_ps(dst.add(r * dst_stride + v * WIDE), *x);
+                S::store(dst.add(r * dst_stride + v * S::WIDTH), *x);
             }
         }
     }
