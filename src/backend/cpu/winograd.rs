@@ -36,6 +36,12 @@ const MIN_CHANNELS: usize = 16;
 /// tens of microseconds, a small batch's whole convolution) leaves its share to the
 /// others rather than doubling the wall time.
 const CHUNKS_PER_THREAD: usize = 4;
+/// Transformed weights are kept with the weight tensor and take 4× its memory, so
+/// convolutions whose transformed weights would exceed this many floats (16 MiB:
+/// SD's 640- and 1280-channel layers, which would more than double the model's
+/// memory) stay on the im2col GEMM. Transforming them on every call instead cost
+/// more than it saved at the small spatial sizes where those layers run.
+const MAX_TRANSFORMED_FLOATS: usize = 1 << 22;
 /// Tiles below which the product's register tile runs short of rows.
 const REGISTER_ROWS: usize = 8;
 /// Tiles per chunk below which re-reading the transformed weights dominates.
@@ -71,6 +77,7 @@ pub fn applies(s: &ConvDims, g: &Conv2dGeometry) -> bool {
         && g.stride == 1
         && s.in_channels >= MIN_CHANNELS
         && s.out_channels >= MIN_CHANNELS
+        && POINTS * s.in_channels * s.out_channels <= MAX_TRANSFORMED_FLOATS
 }
 
 /// The convolution of `x` (NHWC) with `weight` (`[3, 3, c_in, c_out]`); the caller
@@ -183,7 +190,7 @@ impl TileLayout {
 fn transform_weights(weight: &[f32], cin: usize, cout: usize) -> Vec<f32> {
     const BLOCK: usize = 256;
     let plane = cin * cout;
-    let mut u = vec![0f32; POINTS * plane];
+    let mut u = pool::for_overwrite(POINTS * plane);
     let blocks = plane.div_ceil(BLOCK);
     let shared = SharedOut::new(&mut u);
     (0..blocks).into_par_iter().for_each(|block| {
@@ -543,6 +550,8 @@ mod tests {
             (3, 14, 9, 17, 20, [1, 1, 1, 1]),
             (1, 10, 11, 16, 16, [0, 1, 1, 0]),
             (1, 5, 6, 20, 16, [0, 0, 0, 0]),
+            // Many input channels: the f32 error grows with the number of terms.
+            (1, 5, 5, 176, 176, [1, 1, 1, 1]),
         ];
         for (case, &(batch, h, w, cin, cout, pads)) in cases.iter().enumerate() {
             let g = Conv2dGeometry {
@@ -585,8 +594,30 @@ mod tests {
                 .sum();
             let norm: f64 = want.iter().map(|b| b * b).sum();
             let rel = (err / norm).sqrt();
-            assert!(rel < 2e-6, "case {case}: relative L2 error {rel:e}");
+            // Against an f64 reference: 2.9e-6 measured at 176 channels (the U-Net
+            // fixtures, with every layer, stay below 3e-6 against diffusers).
+            assert!(rel < 5e-6, "case {case}: relative L2 error {rel:e}");
         }
+    }
+
+    #[test]
+    fn wide_layers_stay_on_im2col() {
+        let dims = |c: usize| ConvDims {
+            batch: 1,
+            height: 8,
+            width: 8,
+            in_channels: c,
+            kernel_h: 3,
+            kernel_w: 3,
+            out_channels: c,
+            out_height: 8,
+            out_width: 8,
+        };
+        let same = Conv2dGeometry::symmetric(1, 1);
+        assert!(applies(&dims(320), &same));
+        assert!(!applies(&dims(640), &same));
+        assert!(!applies(&dims(8), &same));
+        assert!(!applies(&dims(64), &Conv2dGeometry::symmetric(2, 1)));
     }
 
     #[test]
