@@ -110,8 +110,6 @@ macro_rules! with_best_isa {
         $kernel::<false>($($arg),*)
     }};
 }
-#[allow(unused_imports)]
-pub(crate) use with_best_isa;
 
 #[inline(always)]
 fn silu_slice_body<const FMA: bool>(x: &mut [f32]) {
