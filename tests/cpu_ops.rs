@@ -347,30 +347,24 @@ fn conv_epilogue_equals_the_separate_ops_bit_for_bit() {
 
         // A residual or sample bias of the wrong shape is an error, not a panic.
         let wrong = tensor(&b, &random(&[xs[0] + 1, ws[3]], seed + 5));
-        let err = b.conv2d_epilogue(
-            &x,
-            &w,
-            Some(&bias),
-            &g,
-            ConvEpilogue {
-                sample_bias: Some(&wrong),
-                residual: None,
-            },
-        );
-        assert!(
-            err.is_err(),
-            "case {case}: a wrong sample bias was accepted"
-        );
-        let err = b.conv2d_epilogue(
-            &x,
-            &w,
-            Some(&bias),
-            &g,
-            ConvEpilogue {
-                sample_bias: None,
-                residual: Some((&sample_bias, 1.0)),
-            },
-        );
-        assert!(err.is_err(), "case {case}: a wrong residual was accepted");
+        for (what, bad) in [
+            (
+                "sample bias",
+                ConvEpilogue {
+                    sample_bias: Some(&wrong),
+                    residual: None,
+                },
+            ),
+            (
+                "residual",
+                ConvEpilogue {
+                    sample_bias: None,
+                    residual: Some((&sample_bias, 1.0)),
+                },
+            ),
+        ] {
+            let err = b.conv2d_epilogue(&x, &w, Some(&bias), &g, bad);
+            assert!(err.is_err(), "case {case}: a wrong {what} was accepted");
+        }
     }
 }
