@@ -1,5 +1,6 @@
 // Multi-head attention, softmax(q k^T * scale) v, with an online (flash-style) softmax
-// so no score matrix is ever stored. q: [b, lq, heads * D], k and v: [b, lk, heads * D].
+// so no score matrix is ever stored: the scalar kernel, used in f32 and wherever the
+// tensor-core kernel (attention_mma.cu: f16/bf16 on sm_80+) does not apply. q: [b, lq, heads * D], k and v: [b, lk, heads * D].
 // One warp per (batch, head, query row): each lane scores one key of a 32-key tile,
 // the warp folds the tile into running max / sum, and the value rows are accumulated
 // with the head dimension split across lanes. HEAD_DIM is fixed at compile time
@@ -15,9 +16,6 @@
 // NVRTC has no math.h: -infinity by its bit pattern.
 #define NEG_INF __int_as_float(0xff800000)
 
-typedef unsigned long long u64;
-typedef unsigned int u32;
-
 __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, offset));
     return v;
@@ -29,8 +27,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS_PER_BLOCK * 32)
-attention_f32(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ k,
-              const float* __restrict__ v, u32 batch, u32 lq, u32 lk, u32 heads, float scale) {
+attention_scalar(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem_t* __restrict__ k,
+                 const elem_t* __restrict__ v, u32 batch, u32 lq, u32 lk, u32 heads, float scale) {
     __shared__ float q_tile[WARPS_PER_BLOCK][HEAD_DIM];
     u32 warp = threadIdx.x / 32;
     u32 lane = threadIdx.x % 32;
@@ -41,12 +39,12 @@ attention_f32(float* __restrict__ out, const float* __restrict__ q, const float*
     u32 b = (u32)(task / ((u64)lq * heads));
     u64 width = (u64)heads * HEAD_DIM;
 
-    const float* q_row = q + ((u64)b * lq + row) * width + (u64)head * HEAD_DIM;
-    for (u32 d = lane; d < HEAD_DIM; d += 32) q_tile[warp][d] = q_row[d];
+    const elem_t* q_row = q + ((u64)b * lq + row) * width + (u64)head * HEAD_DIM;
+    for (u32 d = lane; d < HEAD_DIM; d += 32) q_tile[warp][d] = load_elem(q_row[d]);
     __syncwarp();
 
-    const float* k_base = k + (u64)b * lk * width + (u64)head * HEAD_DIM;
-    const float* v_base = v + (u64)b * lk * width + (u64)head * HEAD_DIM;
+    const elem_t* k_base = k + (u64)b * lk * width + (u64)head * HEAD_DIM;
+    const elem_t* v_base = v + (u64)b * lk * width + (u64)head * HEAD_DIM;
     float acc[PER_LANE];
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
@@ -57,10 +55,10 @@ attention_f32(float* __restrict__ out, const float* __restrict__ q, const float*
         u32 j = j0 + lane;
         float score = NEG_INF;
         if (j < lk) {
-            const float* k_row = k_base + (u64)j * width;
+            const elem_t* k_row = k_base + (u64)j * width;
             float dot = 0.0f;
 #pragma unroll 8
-            for (u32 d = 0; d < HEAD_DIM; ++d) dot += q_tile[warp][d] * k_row[d];
+            for (u32 d = 0; d < HEAD_DIM; ++d) dot += q_tile[warp][d] * load_elem(k_row[d]);
             score = dot * scale;
         }
         float new_max = fmaxf(running_max, warp_max(score));
@@ -73,20 +71,20 @@ attention_f32(float* __restrict__ out, const float* __restrict__ q, const float*
         u32 count = min(32u, lk - j0);
         for (u32 jj = 0; jj < count; ++jj) {
             float pj = __shfl_sync(FULL_MASK, p, jj);
-            const float* v_row = v_base + (u64)(j0 + jj) * width;
+            const elem_t* v_row = v_base + (u64)(j0 + jj) * width;
 #pragma unroll
             for (int e = 0; e < PER_LANE; ++e) {
                 u32 d = lane + 32 * e;
-                if (d < HEAD_DIM) acc[e] += pj * v_row[d];
+                if (d < HEAD_DIM) acc[e] += pj * load_elem(v_row[d]);
             }
         }
     }
 
     float inv = 1.0f / running_sum;
-    float* o_row = out + ((u64)b * lq + row) * width + (u64)head * HEAD_DIM;
+    elem_t* o_row = out + ((u64)b * lq + row) * width + (u64)head * HEAD_DIM;
 #pragma unroll
     for (int e = 0; e < PER_LANE; ++e) {
         u32 d = lane + 32 * e;
-        if (d < HEAD_DIM) o_row[d] = acc[e] * inv;
+        if (d < HEAD_DIM) o_row[d] = store_elem(acc[e] * inv);
     }
 }

@@ -3,10 +3,7 @@
 // A cuBLAS GEMM with the [kh * kw * cin, cout] weight matrix then finishes the
 // convolution. CPU twin: gather_patches in src/backend/cpu/conv.rs.
 
-typedef unsigned long long u64;
-typedef unsigned int u32;
-
-extern "C" __global__ void im2col_f32(float* __restrict__ patches, const float* __restrict__ x, u32 h, u32 w,
+extern "C" __global__ void im2col(elem_t* __restrict__ patches, const elem_t* __restrict__ x, u32 h, u32 w,
                                       u32 cin, u32 kh, u32 kw, u32 stride, u32 pad_top, u32 pad_left, u32 oh,
                                       u32 ow, u64 first_pixel, u64 n) {
     u64 k = (u64)kh * kw * cin;
@@ -23,7 +20,7 @@ extern "C" __global__ void im2col_f32(float* __restrict__ patches, const float* 
         u64 b = pixel / ((u64)ow * oh);
         long long iy = (long long)(oy * stride + ky) - pad_top;
         long long ix = (long long)(ox * stride + kx) - pad_left;
-        float v = 0.0f;
+        elem_t v = store_elem(0.0f);
         if (iy >= 0 && iy < h && ix >= 0 && ix < w) {
             v = x[((b * h + (u64)iy) * w + (u64)ix) * cin + ci];
         }

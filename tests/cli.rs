@@ -138,6 +138,15 @@ fn bad_flags_are_one_line_errors_with_exit_code_2() {
         "--grid",
         "does not exist",
     );
+    rejects(&["--device", "gpu"], "--device", "cpu, cuda or cuda:N");
+    rejects(&["--device", "cuda:x"], "--device", "cpu, cuda or cuda:N");
+    rejects(&["--dtype", "fp8"], "--dtype", "f32, f16 or bf16");
+    rejects(&["--dtype", "f16"], "--dtype", "computes in f32 only");
+    rejects(
+        &["--device", "cpu", "--dtype", "bf16"],
+        "--dtype",
+        "needs --device cuda",
+    );
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! Every CUDA kernel compiles with NVRTC for sm_90 (H100/H200) and sm_80 (A100)
-//! (no GPU needed, only libnvrtc),
-//! including the attention kernel at every head dimension it is specialised for,
-//! and ptxas reports no spills. CI installs NVRTC and sets DIFFSTEER_REQUIRE_NVRTC=1,
+//! (no GPU needed, only libnvrtc) in every element type (f32, f16, bf16),
+//! including both attention kernels at every head dimension they are specialised
+//! for, and ptxas reports no spills. CI installs NVRTC and sets DIFFSTEER_REQUIRE_NVRTC=1,
 //! so there a missing library fails the test instead of skipping it.
 #![cfg(feature = "cuda")]
 
 use diffsteer::backend::cuda::kernels::{
-    compile_with_report, head_dim_define, KernelSource, ALL, ATTENTION, ATTENTION_HEAD_DIMS,
+    compile_with_report, elem_define, head_dim_define, KernelSource, ALL, ATTENTION,
+    ATTENTION_HEAD_DIMS, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS,
 };
+use diffsteer::tensor::Precision;
 
 #[test]
 fn every_kernel_compiles_for_sm90_and_sm80_without_spills() {
@@ -21,13 +23,26 @@ fn every_kernel_compiles_for_sm90_and_sm80_without_spills() {
         eprintln!("libnvrtc not found: kernel compilation not checked on this machine");
         return;
     }
-    let mut builds: Vec<(&KernelSource, Vec<String>)> =
-        ALL.iter().map(|k| (k, Vec::new())).collect();
-    builds.extend(
-        ATTENTION_HEAD_DIMS
-            .iter()
-            .map(|&d| (&ATTENTION, head_dim_define(d))),
-    );
+    let with_elem = |mut defines: Vec<String>, p: Precision| {
+        defines.push(elem_define(p));
+        defines
+    };
+    let mut builds: Vec<(&KernelSource, Vec<String>)> = Vec::new();
+    for p in Precision::ALL {
+        builds.extend(ALL.iter().map(|k| (k, with_elem(Vec::new(), p))));
+        builds.extend(
+            ATTENTION_HEAD_DIMS
+                .iter()
+                .map(|&d| (&ATTENTION, with_elem(head_dim_define(d), p))),
+        );
+        if p != Precision::F32 {
+            builds.extend(
+                ATTENTION_MMA_HEAD_DIMS
+                    .iter()
+                    .map(|&d| (&ATTENTION_MMA, with_elem(head_dim_define(d), p))),
+            );
+        }
+    }
     for (arch, (kernel, defines)) in ["sm_90", "sm_80"]
         .into_iter()
         .flat_map(|arch| builds.iter().map(move |b| (arch, b)))

@@ -9,6 +9,7 @@ pub mod counting;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod rounding;
 pub mod shapes;
 
 use crate::error::Result;

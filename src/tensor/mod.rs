@@ -1,10 +1,18 @@
-//! `Tensor`: a shape plus f32 storage on one device. Activations are channels-last
+//! `Tensor`: a shape plus storage on one device (f32 on the CPU; f32, f16 or bf16
+//! on a GPU, see [`Precision`]). Activations are channels-last
 //! (NHWC): a feature map is `[batch, height, width, channels]`, and attention tokens
 //! are its `height·width` positions with `channels` features, so no transposes are
 //! needed between convolutions and attention.
 
+#[cfg(feature = "cuda")]
+mod cuda_data;
 pub mod dtype;
 pub mod pool;
+mod precision;
+
+#[cfg(feature = "cuda")]
+pub use cuda_data::CudaData;
+pub use precision::Precision;
 
 use std::sync::OnceLock;
 
@@ -15,7 +23,7 @@ use crate::error::{Error, Result};
 pub enum Storage {
     Cpu(Vec<f32>),
     #[cfg(feature = "cuda")]
-    Cuda(cudarc::driver::CudaSlice<f32>),
+    Cuda(CudaData),
 }
 
 #[cfg(feature = "cuda")]
@@ -63,6 +71,15 @@ impl Tensor {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The element type the values are stored in (always f32 on the CPU).
+    pub fn precision(&self) -> Precision {
+        match &self.storage {
+            Storage::Cpu(_) => Precision::F32,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(data) => data.precision(),
+        }
     }
 
     pub fn storage(&self) -> &Storage {
@@ -148,7 +165,7 @@ impl Tensor {
 
     /// A tensor on a CUDA device; `data.len()` must equal the product of `shape`.
     #[cfg(feature = "cuda")]
-    pub fn from_cuda(shape: &[usize], data: cudarc::driver::CudaSlice<f32>) -> Result<Tensor> {
+    pub fn from_cuda(shape: &[usize], data: CudaData) -> Result<Tensor> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
             return Err(Error::shape(
@@ -167,7 +184,7 @@ impl Tensor {
     }
 
     #[cfg(feature = "cuda")]
-    pub fn cuda_data(&self) -> Result<&cudarc::driver::CudaSlice<f32>> {
+    pub fn cuda_data(&self) -> Result<&CudaData> {
         match &self.storage {
             Storage::Cuda(v) => Ok(v),
             Storage::Cpu(_) => Err(Error::Cuda(
@@ -177,7 +194,7 @@ impl Tensor {
     }
 
     #[cfg(feature = "cuda")]
-    pub fn cuda_data_mut(&mut self) -> Result<&mut cudarc::driver::CudaSlice<f32>> {
+    pub fn cuda_data_mut(&mut self) -> Result<&mut CudaData> {
         self.derived.take();
         match &mut self.storage {
             Storage::Cuda(v) => Ok(v),

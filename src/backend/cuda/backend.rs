@@ -6,25 +6,31 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
-use super::kernels::{head_dim_define, KernelSource, ATTENTION, CONV, ELEMENTWISE, NORM};
+use super::kernels::{
+    elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, ELEMENTWISE, NORM,
+};
 use crate::backend::shapes::{self, ConvDims};
 use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{CudaData, Precision, Tensor};
 
 const BLOCK: u32 = 256;
 /// Enough blocks to fill an H100/H200-class GPU several times over; grid-stride
 /// loops cover the rest.
 const MAX_BLOCKS: u64 = 132 * 16;
-/// im2col buffers are cut into pieces of at most this many floats (256 MiB).
-const IM2COL_CHUNK_FLOATS: usize = 1 << 26;
+/// im2col buffers are cut into pieces of at most this many elements.
+const IM2COL_CHUNK_ELEMENTS: usize = 1 << 26;
 
 pub struct CudaBackend {
     device: CudaDevice,
+    precision: Precision,
+    /// Fill every new output with all-ones bytes (NaN in each precision) before its
+    /// kernel runs, so `selftest` catches elements a kernel fails to write.
+    poison_outputs: bool,
     functions: Mutex<HashMap<(String, Vec<String>), CudaFunction>>,
 }
 
@@ -41,23 +47,57 @@ fn grid_for(n: u64) -> LaunchConfig {
 }
 
 impl CudaBackend {
-    pub fn new(ordinal: usize) -> Result<Self> {
+    /// Opens GPU `ordinal`; every tensor this backend makes is stored in `precision`.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Self> {
+        let device = CudaDevice::open(ordinal)?;
+        let (major, _) = device.compute_capability();
+        if precision == Precision::BF16 && major < 8 {
+            return Err(Error::invalid(
+                "dtype",
+                format!(
+                    "bf16 needs compute capability 8.0 (Ampere) or newer; GPU {ordinal} is {}; use --dtype f16 or f32",
+                    device.arch()
+                ),
+            ));
+        }
         Ok(CudaBackend {
-            device: CudaDevice::open(ordinal)?,
+            device,
+            precision,
+            poison_outputs: false,
             functions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Makes every output buffer start as NaN (see `selftest`); costs one memset each.
+    pub fn poison_outputs(mut self, on: bool) -> Self {
+        self.poison_outputs = on;
+        self
     }
 
     pub fn device(&self) -> &CudaDevice {
         &self.device
     }
 
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether the tensor-core attention kernel (mma.sync, sm_80+) serves a head
+    /// dimension in this backend's precision.
+    fn tensor_core_attention(&self, head_dim: usize) -> bool {
+        self.precision != Precision::F32
+            && self.device.compute_capability().0 >= 8
+            && super::kernels::ATTENTION_MMA_HEAD_DIMS.contains(&head_dim)
+    }
+
+    /// `kernel` compiled for this backend's element type plus `defines`.
     fn function(
         &self,
         kernel: &KernelSource,
-        defines: Vec<String>,
+        mut defines: Vec<String>,
         name: &str,
     ) -> Result<CudaFunction> {
+        defines.push(elem_define(self.precision));
         let key = (name.to_string(), defines);
         let mut cache = self
             .functions
@@ -71,42 +111,88 @@ impl CudaBackend {
         Ok(f)
     }
 
+    /// The device buffer of `t`, which must be a GPU tensor in this backend's precision.
+    fn data<'t>(&self, t: &'t Tensor) -> Result<&'t CudaData> {
+        let data = t.cuda_data()?;
+        self.check_precision(data)?;
+        Ok(data)
+    }
+
+    fn data_mut<'t>(&self, t: &'t mut Tensor) -> Result<&'t mut CudaData> {
+        let data = t.cuda_data_mut()?;
+        self.check_precision(data)?;
+        Ok(data)
+    }
+
+    fn check_precision(&self, data: &CudaData) -> Result<()> {
+        if data.precision() != self.precision {
+            return Err(Error::Cuda(format!(
+                "a {} tensor was given to the {} backend; tensors must be made by the backend that uses them",
+                data.precision(),
+                self.precision
+            )));
+        }
+        Ok(())
+    }
+
     /// A buffer every element of which the caller's kernel writes.
-    fn output(&self, len: usize) -> Result<CudaSlice<f32>> {
+    fn output(&self, len: usize) -> Result<CudaData> {
+        let stream = self.device.stream();
+        let len = len.max(1);
+        // SAFETY: callers only use this for buffers their next kernel fully overwrites.
+        let data = unsafe {
+            match self.precision {
+                Precision::F32 => stream.alloc::<f32>(len).map(CudaData::F32),
+                Precision::F16 => stream.alloc::<u16>(len).map(CudaData::F16),
+                Precision::BF16 => stream.alloc::<u16>(len).map(CudaData::BF16),
+            }
+        };
+        let bytes = len * self.precision.bytes_per_element();
+        let data = data.map_err(|e| self.allocation_error(bytes, e))?;
+        if self.poison_outputs {
+            let (ptr, _guard) = data.device_ptr_at(0, stream);
+            // SAFETY: `ptr` addresses the `bytes` bytes just allocated on this stream.
+            drv("poisoning an output", unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, stream.cu_stream())
+            })?;
+        }
+        Ok(data)
+    }
+
+    /// An f32 scratch buffer (statistics), whatever the tensors' precision.
+    fn scratch_f32(&self, len: usize) -> Result<cudarc::driver::CudaSlice<f32>> {
         // SAFETY: callers only use this for buffers their next kernel fully overwrites.
         unsafe { self.device.stream().alloc::<f32>(len.max(1)) }
-            .map_err(|e| self.allocation_error(len, e))
+            .map_err(|e| self.allocation_error(len.max(1) * 4, e))
     }
 
     /// Names how much was asked for and how much the device has free, so an
     /// out-of-memory error says by how much the request missed.
-    fn allocation_error(&self, len: usize, e: cudarc::driver::DriverError) -> Error {
-        let asked = (len.max(1) * std::mem::size_of::<f32>()) as f64 / (1u64 << 20) as f64;
+    fn allocation_error(&self, bytes: usize, e: cudarc::driver::DriverError) -> Error {
+        let mib = |b: usize| b as f64 / (1u64 << 20) as f64;
         let free = match self.device.memory() {
-            Ok((free, total)) => format!(
-                "{:.1} MiB of {:.1} MiB free",
-                free as f64 / (1u64 << 20) as f64,
-                total as f64 / (1u64 << 20) as f64
-            ),
+            Ok((free, total)) => format!("{:.1} MiB of {:.1} MiB free", mib(free), mib(total)),
             Err(_) => "free memory unknown".to_string(),
         };
         Error::Cuda(format!(
-            "allocating {asked:.1} MiB of device memory failed ({free}): {e:?}"
+            "allocating {:.1} MiB of device memory failed ({free}): {e:?}",
+            mib(bytes)
         ))
     }
 
-    /// Row-major `c[m, n] = a[m, k] · b[k, n] + beta · c` through cuBLAS (which is
-    /// column-major: it computes cᵀ = bᵀ · aᵀ).
+    /// Row-major `c[m, n] = a[m, k] · b[k, n] + beta · c` through cuBLAS' GemmEx in
+    /// this backend's element type with f32 accumulation (cuBLAS is column-major:
+    /// it computes cᵀ = bᵀ · aᵀ).
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         m: usize,
         n: usize,
         k: usize,
-        a: &CudaSlice<f32>,
+        a: &CudaData,
         a_offset: usize,
-        b: &CudaSlice<f32>,
-        c: &mut CudaSlice<f32>,
+        b: &CudaData,
+        c: &mut CudaData,
         c_offset: usize,
         beta: f32,
     ) -> Result<()> {
@@ -116,54 +202,76 @@ impl CudaBackend {
                 "GEMM {m}×{k}×{n} exceeds cuBLAS' 32-bit sizes"
             )));
         }
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: n as i32,
-            ldb: k as i32,
-            beta,
-            ldc: n as i32,
+        if a.len() < a_offset + m * k || b.len() < k * n || c.len() < c_offset + m * n {
+            return Err(Error::Cuda(format!(
+                "GEMM {m}×{k}×{n} does not fit its buffers ({}, {}, {} elements)",
+                a.len(),
+                b.len(),
+                c.len()
+            )));
+        }
+        let data_type = match self.precision {
+            Precision::F32 => cudaDataType::CUDA_R_32F,
+            Precision::F16 => cudaDataType::CUDA_R_16F,
+            Precision::BF16 => cudaDataType::CUDA_R_16BF,
         };
-        let a_view = a.slice(a_offset..a_offset + m * k);
-        let mut c_view = c.slice_mut(c_offset..c_offset + m * n);
-        // SAFETY: the views hold exactly m·k, k·n (checked by the callers' shapes)
-        // and m·n floats, matching the configuration.
-        unsafe { self.device.blas().gemm(cfg, b, &a_view, &mut c_view) }
-            .map_err(|e| Error::Cuda(format!("cuBLAS sgemm {m}×{k}×{n}: {e:?}")))
+        let stream = self.device.stream();
+        let (a_ptr, _a_guard) = a.device_ptr_at(a_offset, stream);
+        let (b_ptr, _b_guard) = b.device_ptr_at(0, stream);
+        let (c_ptr, _c_guard) = c.device_ptr_mut_at(c_offset, stream);
+        let alpha = 1.0f32;
+        // SAFETY: the pointers address at least m·k, k·n and m·n elements of the
+        // declared type (checked above); alpha and beta are f32 as COMPUTE_32F needs.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.device.blas().handle(),
+                cublasOperation_t::CUBLAS_OP_N,
+                cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                b_ptr as *const _,
+                data_type,
+                n as i32,
+                a_ptr as *const _,
+                data_type,
+                k as i32,
+                &beta as *const f32 as *const _,
+                c_ptr as *mut _,
+                data_type,
+                n as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "cuBLAS GemmEx ({}) {m}×{k}×{n}: {e:?}",
+                self.precision
+            ))
+        })
     }
 
     /// Every `cols`-wide row of `out` ← `row` (the bias a GEMM then accumulates onto).
-    fn fill_rows(
-        &self,
-        out: &mut CudaSlice<f32>,
-        row: &CudaSlice<f32>,
-        cols: usize,
-        total: u64,
-    ) -> Result<()> {
-        let f = self.function(&ELEMENTWISE, Vec::new(), "fill_rows_f32")?;
+    fn fill_rows(&self, out: &mut CudaData, row: &CudaData, cols: usize, total: u64) -> Result<()> {
+        let f = self.function(&ELEMENTWISE, Vec::new(), "fill_rows")?;
         let cols = cols as u32;
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(out).arg(row).arg(&cols).arg(&total);
-        // SAFETY: out holds `total` floats, row holds `cols`.
-        drv("launching fill_rows_f32", unsafe {
-            l.launch(grid_for(total))
-        })
-        .map(|_| ())
+        // SAFETY: out holds `total` elements, row holds `cols`.
+        drv("launching fill_rows", unsafe { l.launch(grid_for(total)) }).map(|_| ())
     }
 
     /// `out[rows, n] = x[rows, k] · w[k, n] + bias`.
     fn matmul_bias(
         &self,
-        x: &CudaSlice<f32>,
+        x: &CudaData,
         rows: usize,
         k: usize,
         w: &Tensor,
         bias: Option<&Tensor>,
-    ) -> Result<CudaSlice<f32>> {
+    ) -> Result<CudaData> {
         // A linear weight is [k, n], a 1×1 convolution's [1, 1, k, n]: the same matrix.
         let n = w.shape().last().copied().unwrap_or(0);
         if w.len() != k * n {
@@ -176,12 +284,12 @@ impl CudaBackend {
         let beta = match bias {
             Some(b) => {
                 shapes::vector("matmul", "bias", b, n)?;
-                self.fill_rows(&mut out, b.cuda_data()?, n, (rows * n) as u64)?;
+                self.fill_rows(&mut out, self.data(b)?, n, (rows * n) as u64)?;
                 1.0
             }
             None => 0.0,
         };
-        self.gemm(rows, n, k, x, 0, w.cuda_data()?, &mut out, 0, beta)?;
+        self.gemm(rows, n, k, x, 0, self.data(w)?, &mut out, 0, beta)?;
         Ok(out)
     }
 
@@ -196,13 +304,13 @@ impl CudaBackend {
         d: &ConvDims,
     ) -> Result<Tensor> {
         let (rows, k, cout) = (d.rows(), d.patch_len(), d.out_channels);
-        let rows_per_chunk = (IM2COL_CHUNK_FLOATS / k).clamp(1, rows);
+        let rows_per_chunk = (IM2COL_CHUNK_ELEMENTS / k).clamp(1, rows);
         let mut patches = self.output(rows_per_chunk * k)?;
         let mut out = self.output(rows * cout)?;
         if let Some(b) = bias {
-            self.fill_rows(&mut out, b.cuda_data()?, cout, (rows * cout) as u64)?;
+            self.fill_rows(&mut out, self.data(b)?, cout, (rows * cout) as u64)?;
         }
-        let im2col = self.function(&CONV, Vec::new(), "im2col_f32")?;
+        let im2col = self.function(&CONV, Vec::new(), "im2col")?;
         let dims = [
             d.height,
             d.width,
@@ -223,13 +331,13 @@ impl CudaBackend {
             let first_pixel = first as u64;
             {
                 let mut l = self.device.stream().launch_builder(&im2col);
-                l.arg(&mut patches).arg(x.cuda_data()?);
+                l.arg(&mut patches).arg(self.data(x)?);
                 for v in &dims {
                     l.arg(v);
                 }
                 l.arg(&first_pixel).arg(&total);
                 // SAFETY: patches holds ≥ count·k floats; x holds n·h·w·c_in; indices are bounded by the dims.
-                drv("launching im2col_f32", unsafe { l.launch(grid_for(total)) })?;
+                drv("launching im2col", unsafe { l.launch(grid_for(total)) })?;
             }
             let beta = if bias.is_some() { 1.0 } else { 0.0 };
             self.gemm(
@@ -238,7 +346,7 @@ impl CudaBackend {
                 k,
                 &patches,
                 0,
-                weight.cuda_data()?,
+                self.data(weight)?,
                 &mut out,
                 first * cout,
                 beta,
@@ -251,7 +359,10 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        format!("cuda:{}", self.device.ordinal())
+        match self.precision {
+            Precision::F32 => format!("cuda:{}", self.device.ordinal()),
+            p => format!("cuda:{} ({p})", self.device.ordinal()),
+        }
     }
 
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
@@ -265,19 +376,30 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
-        let slice = self
-            .device
-            .stream()
-            .clone_htod(&data)
-            .map_err(|e| self.allocation_error(data.len(), e))?;
-        Tensor::from_cuda(shape, slice)
+        let stream = self.device.stream();
+        let bytes = data.len() * self.precision.bytes_per_element();
+        let oom = |e| self.allocation_error(bytes, e);
+        let device_data = match self.precision.encode_16(&data) {
+            None => CudaData::F32(stream.clone_htod(&data).map_err(oom)?),
+            Some(bits) if self.precision == Precision::F16 => {
+                CudaData::F16(stream.clone_htod(&bits).map_err(oom)?)
+            }
+            Some(bits) => CudaData::BF16(stream.clone_htod(&bits).map_err(oom)?),
+        };
+        Tensor::from_cuda(shape, device_data)
     }
 
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {
-        drv(
-            "copying from the GPU",
-            self.device.stream().clone_dtoh(x.cuda_data()?),
-        )
+        let stream = self.device.stream();
+        match self.data(x)? {
+            CudaData::F32(s) => drv("copying from the GPU", stream.clone_dtoh(s)),
+            CudaData::F16(s) | CudaData::BF16(s) => {
+                let bits = drv("copying from the GPU", stream.clone_dtoh(s))?;
+                self.precision
+                    .decode_16(&bits)
+                    .ok_or_else(|| Error::Cuda("16-bit data in an f32 backend".into()))
+            }
+        }
     }
 
     fn conv2d(
@@ -294,7 +416,7 @@ impl Backend for CudaBackend {
             && g.stride == 1
             && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
         if pointwise {
-            let out = self.matmul_bias(x.cuda_data()?, rows, k, weight, bias)?;
+            let out = self.matmul_bias(self.data(x)?, rows, k, weight, bias)?;
             return Tensor::from_cuda(&d.out_shape(), out);
         }
         self.im2col_conv(x, weight, bias, g, &d)
@@ -302,7 +424,7 @@ impl Backend for CudaBackend {
 
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (rows, k, n) = shapes::linear(x, weight, bias)?;
-        let out = self.matmul_bias(x.cuda_data()?, rows, k, weight, bias)?;
+        let out = self.matmul_bias(self.data(x)?, rows, k, weight, bias)?;
         Tensor::from_cuda(&shapes::with_last_dim(x.shape(), n), out)
     }
 
@@ -317,14 +439,14 @@ impl Backend for CudaBackend {
     ) -> Result<Tensor> {
         let (n, h, w, c) = shapes::group_norm(x, groups, gamma, beta)?;
         let stream = self.device.stream();
-        let mut affine = self.output(n * 2 * c)?;
-        let stats = self.function(&NORM, Vec::new(), "group_norm_affine_f32")?;
+        let mut affine = self.scratch_f32(n * 2 * c)?;
+        let stats = self.function(&NORM, Vec::new(), "group_norm_affine")?;
         let (pixels, c32, g32) = ((h * w) as u32, c as u32, groups as u32);
         let mut l = stream.launch_builder(&stats);
         l.arg(&mut affine)
-            .arg(x.cuda_data()?)
-            .arg(gamma.cuda_data()?)
-            .arg(beta.cuda_data()?)
+            .arg(self.data(x)?)
+            .arg(self.data(gamma)?)
+            .arg(self.data(beta)?)
             .arg(&pixels)
             .arg(&c32)
             .arg(&g32)
@@ -335,22 +457,22 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         // SAFETY: one block per (sample, group); affine holds n·2c floats.
-        drv("launching group_norm_affine_f32", unsafe { l.launch(cfg) })?;
+        drv("launching group_norm_affine", unsafe { l.launch(cfg) })?;
         let total = x.len() as u64;
         let mut out = self.output(x.len())?;
-        let apply = self.function(&NORM, Vec::new(), "apply_affine_f32")?;
+        let apply = self.function(&NORM, Vec::new(), "apply_affine")?;
         let per_sample = (h * w * c) as u64;
         let silu = i32::from(silu);
         let mut l = stream.launch_builder(&apply);
         l.arg(&mut out)
-            .arg(x.cuda_data()?)
+            .arg(self.data(x)?)
             .arg(&affine)
             .arg(&per_sample)
             .arg(&c32)
             .arg(&silu)
             .arg(&total);
         // SAFETY: out and x hold `total` floats, affine n·2c.
-        drv("launching apply_affine_f32", unsafe {
+        drv("launching apply_affine", unsafe {
             l.launch(grid_for(total))
         })?;
         Tensor::from_cuda(x.shape(), out)
@@ -359,13 +481,13 @@ impl Backend for CudaBackend {
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
         let (rows, c) = shapes::layer_norm(x, gamma, beta)?;
         let mut out = self.output(x.len())?;
-        let f = self.function(&NORM, Vec::new(), "layer_norm_f32")?;
+        let f = self.function(&NORM, Vec::new(), "layer_norm")?;
         let (cols, rows64) = (c as u32, rows as u64);
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut out)
-            .arg(x.cuda_data()?)
-            .arg(gamma.cuda_data()?)
-            .arg(beta.cuda_data()?)
+            .arg(self.data(x)?)
+            .arg(self.data(gamma)?)
+            .arg(self.data(beta)?)
             .arg(&cols)
             .arg(&rows64)
             .arg(&eps);
@@ -376,13 +498,12 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         // SAFETY: one warp per row; out and x hold rows·c floats.
-        drv("launching layer_norm_f32", unsafe { l.launch(cfg) })?;
+        drv("launching layer_norm", unsafe { l.launch(cfg) })?;
         Tensor::from_cuda(x.shape(), out)
     }
 
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
         let d = shapes::attention(q, k, v, heads)?;
-        let f = self.function(&ATTENTION, head_dim_define(d.head_dim), "attention_f32")?;
         let mut out = self.output(q.len())?;
         let (b32, lq32, lk32, h32) = (
             d.batch as u32,
@@ -391,24 +512,46 @@ impl Backend for CudaBackend {
             d.heads as u32,
         );
         let scale = 1.0 / (d.head_dim as f32).sqrt();
+        // Its grid's y and z count heads and images, each at most 65535.
+        let tensor_cores =
+            self.tensor_core_attention(d.head_dim) && d.batch <= 65535 && d.heads <= 65535;
+        let (kernel, name) = if tensor_cores {
+            (&ATTENTION_MMA, "attention_mma")
+        } else {
+            (&ATTENTION, "attention_scalar")
+        };
+        let f = self.function(kernel, head_dim_define(d.head_dim), name)?;
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut out)
-            .arg(q.cuda_data()?)
-            .arg(k.cuda_data()?)
-            .arg(v.cuda_data()?)
+            .arg(self.data(q)?)
+            .arg(self.data(k)?)
+            .arg(self.data(v)?)
             .arg(&b32)
             .arg(&lq32)
             .arg(&lk32)
             .arg(&h32)
             .arg(&scale);
-        let warps = (d.batch * d.heads * d.q_len) as u64;
-        let cfg = LaunchConfig {
-            grid_dim: (warps.div_ceil(4) as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+        let cfg = if tensor_cores {
+            // kernels/attention_mma.cu: one block of 4 warps per ATTN_BLOCK_Q query rows
+            // of one (image, head), static shared memory only.
+            let block_q = if d.head_dim <= 80 { 128 } else { 64 };
+            LaunchConfig {
+                grid_dim: (d.q_len.div_ceil(block_q) as u32, h32, b32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            // One warp per (image, head, query row).
+            let warps = (d.batch * d.heads * d.q_len) as u64;
+            LaunchConfig {
+                grid_dim: (warps.div_ceil(4) as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            }
         };
-        // SAFETY: one warp per (batch, head, query); buffers match the checked shapes.
-        drv("launching attention_f32", unsafe { l.launch(cfg) })?;
+        // SAFETY: the buffers hold the checked shapes; each kernel bounds its rows by
+        // lq and lk and its columns by heads · HEAD_DIM.
+        drv(&format!("launching {name}"), unsafe { l.launch(cfg) })?;
         Tensor::from_cuda(q.shape(), out)
     }
 
@@ -416,38 +559,38 @@ impl Backend for CudaBackend {
         let (rows, half) = shapes::geglu(x)?;
         let total = (rows * half) as u64;
         let mut out = self.output(rows * half)?;
-        let f = self.function(&ELEMENTWISE, Vec::new(), "geglu_f32")?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "geglu")?;
         let half32 = half as u32;
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(&mut out).arg(x.cuda_data()?).arg(&half32).arg(&total);
+        l.arg(&mut out).arg(self.data(x)?).arg(&half32).arg(&total);
         // SAFETY: out holds rows·half floats, x rows·2·half.
-        drv("launching geglu_f32", unsafe { l.launch(grid_for(total)) })?;
+        drv("launching geglu", unsafe { l.launch(grid_for(total)) })?;
         Tensor::from_cuda(&shapes::with_last_dim(x.shape(), half), out)
     }
 
     fn silu_assign(&self, x: &mut Tensor) -> Result<()> {
         let total = x.len() as u64;
-        let f = self.function(&ELEMENTWISE, Vec::new(), "silu_f32")?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "silu_inplace")?;
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(x.cuda_data_mut()?).arg(&total);
+        l.arg(self.data_mut(x)?).arg(&total);
         // SAFETY: x holds `total` floats.
-        drv("launching silu_f32", unsafe { l.launch(grid_for(total)) }).map(|_| ())
+        drv("launching silu_inplace", unsafe {
+            l.launch(grid_for(total))
+        })
+        .map(|_| ())
     }
 
     fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()> {
         shapes::same_shape("add", x, y)?;
         let total = x.len() as u64;
-        let f = self.function(&ELEMENTWISE, Vec::new(), "add_scaled_f32")?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "add_scaled")?;
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(x.cuda_data_mut()?)
-            .arg(y.cuda_data()?)
+        l.arg(self.data_mut(x)?)
+            .arg(self.data(y)?)
             .arg(&scale)
             .arg(&total);
         // SAFETY: x and y hold `total` floats.
-        drv("launching add_scaled_f32", unsafe {
-            l.launch(grid_for(total))
-        })
-        .map(|_| ())
+        drv("launching add_scaled", unsafe { l.launch(grid_for(total)) }).map(|_| ())
     }
 
     fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
@@ -455,15 +598,15 @@ impl Backend for CudaBackend {
         let total = x.len() as u64;
         let per_sample = (h * w * c) as u64;
         let c32 = c as u32;
-        let f = self.function(&ELEMENTWISE, Vec::new(), "channel_bias_f32")?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "channel_bias")?;
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(x.cuda_data_mut()?)
-            .arg(bias.cuda_data()?)
+        l.arg(self.data_mut(x)?)
+            .arg(self.data(bias)?)
             .arg(&per_sample)
             .arg(&c32)
             .arg(&total);
         // SAFETY: x holds n·h·w·c floats, bias n·c.
-        drv("launching channel_bias_f32", unsafe {
+        drv("launching channel_bias", unsafe {
             l.launch(grid_for(total))
         })
         .map(|_| ())
@@ -473,16 +616,16 @@ impl Backend for CudaBackend {
         let (n, h, w, c) = shapes::upsample(x, out_h, out_w)?;
         let total = (n * out_h * out_w * c) as u64;
         let mut out = self.output(total as usize)?;
-        let f = self.function(&ELEMENTWISE, Vec::new(), "upsample_nearest_f32")?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "upsample_nearest")?;
         let dims = [h, w, c, out_h, out_w].map(|v| v as u32);
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(&mut out).arg(x.cuda_data()?);
+        l.arg(&mut out).arg(self.data(x)?);
         for d in &dims {
             l.arg(d);
         }
         l.arg(&total);
         // SAFETY: out holds n·out_h·out_w·c floats; source indices are clamped to the input.
-        drv("launching upsample_nearest_f32", unsafe {
+        drv("launching upsample_nearest", unsafe {
             l.launch(grid_for(total))
         })?;
         Tensor::from_cuda(&[n, out_h, out_w, c], out)
@@ -492,17 +635,17 @@ impl Backend for CudaBackend {
         let (n, h, w, ca, cb) = shapes::concat(a, b)?;
         let total = (n * h * w * (ca + cb)) as u64;
         let mut out = self.output(total as usize)?;
-        let f = self.function(&ELEMENTWISE, Vec::new(), "concat_channels_f32")?;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "concat_channels")?;
         let (ca32, cb32) = (ca as u32, cb as u32);
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut out)
-            .arg(a.cuda_data()?)
-            .arg(b.cuda_data()?)
+            .arg(self.data(a)?)
+            .arg(self.data(b)?)
             .arg(&ca32)
             .arg(&cb32)
             .arg(&total);
         // SAFETY: out holds n·h·w·(ca+cb) floats, a and b their own sizes.
-        drv("launching concat_channels_f32", unsafe {
+        drv("launching concat_channels", unsafe {
             l.launch(grid_for(total))
         })?;
         Tensor::from_cuda(&[n, h, w, ca + cb], out)

@@ -16,6 +16,7 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     arch: String,
+    compute_capability: (i32, i32),
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
 }
 
@@ -89,6 +90,7 @@ impl CudaDevice {
             stream,
             blas,
             arch: format!("sm_{major}{minor}"),
+            compute_capability: (major, minor),
             modules: Mutex::new(HashMap::new()),
         })
     }
@@ -101,6 +103,11 @@ impl CudaDevice {
         self.context
             .name()
             .map_err(driver_err("reading the device name"))
+    }
+
+    /// (major, minor), e.g. (9, 0) for an H100/H200.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
     }
 
     /// The NVRTC target, e.g. `sm_90`.
@@ -171,7 +178,7 @@ pub fn compile_ptx(kernel: &KernelSource, options: &[String]) -> Result<String> 
         name: Some(format!("{}.cu", kernel.name)),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernel.source, opts).map_err(|e| {
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernel.compiled_text(), opts).map_err(|e| {
         Error::Cuda(format!(
             "NVRTC failed to compile `{}.cu`: {e:?}",
             kernel.name

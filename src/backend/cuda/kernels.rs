@@ -7,11 +7,23 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
+use crate::tensor::Precision;
+
 /// One `.cu` file: its name (for messages and the cache) and its source text.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSource {
     pub name: &'static str,
     pub source: &'static str,
+}
+
+/// Element types, conversions and loop helpers every kernel file is compiled with.
+const PRELUDE: &str = include_str!("../../../kernels/prelude.cuh");
+
+impl KernelSource {
+    /// What NVRTC compiles: the prelude, then the file.
+    pub fn compiled_text(&self) -> String {
+        format!("{PRELUDE}\n#line 1 \"{}.cu\"\n{}", self.name, self.source)
+    }
 }
 
 pub const ELEMENTWISE: KernelSource = KernelSource {
@@ -35,12 +47,33 @@ pub const ATTENTION: KernelSource = KernelSource {
     source: include_str!("../../../kernels/attention.cu"),
 };
 
-/// Every kernel file, so CI and `selftest` can compile all of them.
+/// Flash attention on tensor cores (`mma.sync`, sm_80+) for f16 and bf16, specialised
+/// per head dimension like [`ATTENTION`], which remains the f32 kernel.
+pub const ATTENTION_MMA: KernelSource = KernelSource {
+    name: "attention_mma",
+    source: include_str!("../../../kernels/attention_mma.cu"),
+};
+
+/// The files compiled for every element type.
 pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION];
+
+/// The head dimensions the tensor-core attention kernel is written for; others
+/// use [`ATTENTION`] in any precision.
+pub const ATTENTION_MMA_HEAD_DIMS: &[usize] = &[16, 40, 64, 80, 128, 160];
 
 /// The head dimensions the attention kernel is compiled for ahead of use in CI:
 /// the digits model (8), SD 1.x/2.x (40, 64, 80, 160) and the common 128.
 pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160];
+
+/// The define that fixes a module's element type (see kernels/prelude.cuh).
+pub fn elem_define(precision: Precision) -> String {
+    match precision {
+        Precision::F32 => "ELEM_F32",
+        Precision::F16 => "ELEM_F16",
+        Precision::BF16 => "ELEM_BF16",
+    }
+    .to_string()
+}
 
 pub fn head_dim_define(head_dim: usize) -> Vec<String> {
     vec![format!("HEAD_DIM={head_dim}")]
@@ -61,7 +94,7 @@ pub fn compile_options(arch: &str, defines: &[String]) -> Vec<String> {
 /// A hex key that changes whenever the source, the architecture or an option does.
 pub fn cache_key(kernel: &KernelSource, options: &[String]) -> String {
     let mut hasher = DefaultHasher::new();
-    kernel.source.hash(&mut hasher);
+    kernel.compiled_text().hash(&mut hasher);
     options.hash(&mut hasher);
     format!("{}-{:016x}", kernel.name, hasher.finish())
 }
@@ -116,7 +149,7 @@ pub fn compile_with_report(
     if !unsafe { sys::is_culib_present() } {
         return Err(Error::Cuda("libnvrtc not found (install the nvidia-cuda-nvrtc wheel or the CUDA toolkit, and add its lib folder to LD_LIBRARY_PATH)".into()));
     }
-    let source = CString::new(kernel.source)
+    let source = CString::new(kernel.compiled_text())
         .map_err(|_| Error::Cuda(format!("{}.cu contains a NUL byte", kernel.name)))?;
     let name = CString::new(format!("{}.cu", kernel.name))
         .map_err(|_| Error::Cuda("bad kernel name".into()))?;

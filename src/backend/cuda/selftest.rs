@@ -1,22 +1,30 @@
 //! `diffsteer selftest --device cuda`: every CUDA op against the CPU backend on fresh
 //! random inputs (never zeros), whole U-Net forwards against the CPU, and timings
 //! with the bytes or FLOPs behind each (in the manner of ggml's test-backend-ops).
+//!
+//! Each precision is checked in turn. f32 results must agree with the CPU to 1e-5
+//! (relative L2). An f16 or bf16 result may miss the f32 CPU result by at most twice
+//! what a plain implementation in that precision misses it by ([`RoundingBackend`]:
+//! the CPU backend with every stored tensor rounded). Every output buffer starts as
+//! NaN, so an element a kernel never writes fails its check.
 
 use std::path::Path;
 use std::time::Instant;
 
-use cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
 use cudarc::driver::CudaEvent;
 
 use super::backend::CudaBackend;
 use super::device::{compile_ptx, library_presence};
-use super::kernels::{compile_options, ALL};
+use super::kernels::{
+    compile_options, elem_define, head_dim_define, ALL, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS,
+};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::rounding::RoundingBackend;
 use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::model::{ModelFolder, UNetInputs};
 use crate::rng::{normal_vec, NoiseStream};
-use crate::tensor::Tensor;
+use crate::tensor::{Precision, Tensor};
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -137,13 +145,15 @@ enum Work {
 }
 
 impl Work {
-    fn describe(self, gpu_ms: f64) -> String {
+    fn describe(self, gpu_ms: f64, gemm_ceiling: Option<f64>) -> String {
         match self {
-            Work::Flops(f) => format!(
-                "{:.2} GFLOP, {:.1} TFLOP/s on the GPU",
-                f / 1e9,
-                f / gpu_ms / 1e9
-            ),
+            Work::Flops(f) => {
+                let rate = f / gpu_ms / 1e9;
+                let share = gemm_ceiling
+                    .map(|c| format!(", {:.0}% of the GEMM ceiling", 100.0 * rate / c))
+                    .unwrap_or_default();
+                format!("{:.2} GFLOP, {rate:.1} TFLOP/s on the GPU{share}", f / 1e9)
+            }
             Work::Bytes(b) => format!(
                 "{:.1} MB moved, {:.0} GB/s on the GPU",
                 b / 1e6,
@@ -153,33 +163,70 @@ impl Work {
     }
 }
 
-/// Runs `op` on both backends, compares, and times both.
+/// The references a GPU result is held to.
+struct References<'a> {
+    cpu: &'a CpuBackend,
+    /// The plain same-precision implementation, for f16 and bf16.
+    plain: Option<RoundingBackend>,
+    /// The GEMM rate of this precision on the GPU (TFLOP/s), for the FLOP-bound ops.
+    gemm_ceiling: Option<f64>,
+}
+
+impl References<'_> {
+    /// The error bound for a GPU result given the f32 reference, computing the plain
+    /// implementation's error where the precision has one.
+    fn tolerance(
+        &self,
+        reference: &[f32],
+        plain_result: impl FnOnce(&RoundingBackend) -> Result<Vec<f32>>,
+    ) -> Result<(f64, String)> {
+        match &self.plain {
+            None => Ok((1e-5, String::new())),
+            Some(plain) => {
+                let plain_err = rel_l2(&plain_result(plain)?, reference);
+                Ok((2.0 * plain_err, format!("plain {plain_err:.1e}; ")))
+            }
+        }
+    }
+}
+
+/// Runs `op` on the GPU and the references, compares, and times it.
 fn check_op(
-    cpu: &CpuBackend,
+    refs: &References,
     gpu: &CudaBackend,
     name: &str,
     inputs: &Inputs,
     work: Work,
     op: &Op,
 ) -> Result<CheckResult> {
-    let mut on_cpu = inputs.on(cpu)?;
-    let mut on_gpu = inputs.on(gpu)?;
-    let result = |b: &dyn Backend, t: &mut Vec<Tensor>| -> Result<Vec<f32>> {
-        match op(b, t)? {
+    let result = |b: &dyn Backend| -> Result<Vec<f32>> {
+        let mut t = inputs.on(b)?;
+        match op(b, &mut t)? {
             Some(out) => b.to_host(&out),
             None => b.to_host(&t[0]),
         }
     };
-    let reference = result(cpu, &mut on_cpu)?;
-    let out = result(gpu, &mut on_gpu)?;
+    let reference = result(refs.cpu)?;
+    let (tolerance, plain_note) = refs.tolerance(&reference, |plain| result(plain))?;
+    let out = result(gpu)?;
     let err = rel_l2(&out, &reference);
+    let mut on_gpu = inputs.on(gpu)?;
     let g = gpu_ms(gpu, 10, || op(gpu, &mut on_gpu).map(|_| ()))?;
-    let c = cpu_ms(2, || op(cpu, &mut on_cpu).map(|_| ()))?;
+    let cpu_note = if refs.plain.is_none() {
+        let mut on_cpu = inputs.on(refs.cpu)?;
+        let c = cpu_ms(2, || op(refs.cpu, &mut on_cpu).map(|_| ()))?;
+        format!(", cpu {c:.1} ms")
+    } else {
+        String::new()
+    };
     Ok(CheckResult {
-        name: name.to_string(),
+        name: format!("[{}] {name}", gpu.precision()),
         rel_l2: Some(err),
-        tolerance: Some(1e-5),
-        note: format!("gpu {g:.3} ms, cpu {c:.1} ms ({})", work.describe(g)),
+        tolerance: Some(tolerance),
+        note: format!(
+            "{plain_note}gpu {g:.3} ms{cpu_note} ({})",
+            work.describe(g, refs.gemm_ceiling)
+        ),
     })
 }
 
@@ -187,9 +234,11 @@ fn gb(bytes: usize, ms: f64) -> f64 {
     bytes as f64 / ms / 1e6
 }
 
-/// Runs every check, calling `report` after each one.
+/// Runs every check on GPU `ordinal` for each of `precisions`, calling `report`
+/// after each one.
 pub fn run(
-    gpu: &CudaBackend,
+    ordinal: usize,
+    precisions: &[Precision],
     models: &[&Path],
     mut report: impl FnMut(&CheckResult),
 ) -> Result<Vec<CheckResult>> {
@@ -198,44 +247,64 @@ pub fn run(
         report(&r);
         results.push(r);
     };
-    let device = gpu.device();
-    let libs = library_presence();
-    let (free, total) = device.memory()?;
-    push(CheckResult::info(
-        "device",
-        format!(
-            "{} ({}), {:.1} GiB free of {:.1} GiB; libcuda {}, libnvrtc {}, libcublas {}",
-            device.name()?,
-            device.arch(),
-            free as f64 / (1u64 << 30) as f64,
-            total as f64 / (1u64 << 30) as f64,
-            libs.driver,
-            libs.nvrtc,
-            libs.cublas
-        ),
-    ));
-    for kernel in ALL {
-        let started = Instant::now();
-        let ptx = compile_ptx(kernel, &compile_options(device.arch(), &[]))?;
-        push(CheckResult::info(
-            format!("nvrtc {}.cu", kernel.name),
-            format!(
-                "{} bytes of PTX in {:.0} ms",
-                ptx.len(),
-                started.elapsed().as_secs_f64() * 1e3
-            ),
-        ));
-    }
-
-    push(bandwidth(gpu)?);
-    push(sgemm_ceiling(gpu)?);
-
     let cpu = CpuBackend::new();
-    for r in op_checks(&cpu, gpu)? {
-        push(r);
-    }
-    for model in models {
-        push(unet_check(&cpu, gpu, model)?);
+    for (index, &precision) in precisions.iter().enumerate() {
+        let gpu = CudaBackend::new(ordinal, precision)?.poison_outputs(true);
+        let device = gpu.device();
+        if index == 0 {
+            let libs = library_presence();
+            let (free, total) = device.memory()?;
+            push(CheckResult::info(
+                "device",
+                format!(
+                    "{} ({}), {:.1} GiB free of {:.1} GiB; libcuda {}, libnvrtc {}, libcublas {}",
+                    device.name()?,
+                    device.arch(),
+                    free as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64,
+                    libs.driver,
+                    libs.nvrtc,
+                    libs.cublas
+                ),
+            ));
+            push(bandwidth(&gpu)?);
+        }
+        let mut builds: Vec<_> = ALL
+            .iter()
+            .map(|k| (k, vec![elem_define(precision)]))
+            .collect();
+        if precision != Precision::F32 && device.compute_capability().0 >= 8 {
+            builds.extend(ATTENTION_MMA_HEAD_DIMS.iter().map(|&d| {
+                let mut defines = head_dim_define(d);
+                defines.push(elem_define(precision));
+                (&ATTENTION_MMA, defines)
+            }));
+        }
+        for (kernel, defines) in builds {
+            let started = Instant::now();
+            let ptx = compile_ptx(kernel, &compile_options(device.arch(), &defines))?;
+            push(CheckResult::info(
+                format!("nvrtc {}.cu {}", kernel.name, defines.join(" ")),
+                format!(
+                    "{} bytes of PTX in {:.0} ms",
+                    ptx.len(),
+                    started.elapsed().as_secs_f64() * 1e3
+                ),
+            ));
+        }
+        let (ceiling, ceiling_line) = gemm_ceiling(&gpu)?;
+        push(ceiling_line);
+        let refs = References {
+            cpu: &cpu,
+            plain: (precision != Precision::F32).then(|| RoundingBackend::new(precision)),
+            gemm_ceiling: Some(ceiling),
+        };
+        for r in op_checks(&refs, &gpu)? {
+            push(r);
+        }
+        for model in models {
+            push(unet_check(&refs, &gpu, model)?);
+        }
     }
     Ok(results)
 }
@@ -256,52 +325,29 @@ fn bandwidth(gpu: &CudaBackend) -> Result<CheckResult> {
     ))
 }
 
-fn sgemm_ceiling(gpu: &CudaBackend) -> Result<CheckResult> {
+/// A large GEMM through the backend's own path (cuBLAS GemmEx in its precision,
+/// f32 accumulation): the ceiling the FLOP-bound ops are measured against.
+fn gemm_ceiling(gpu: &CudaBackend) -> Result<(f64, CheckResult)> {
     let n = 8192usize;
-    let stream = gpu.device().stream();
-    let a = drv(
-        "upload",
-        stream.clone_htod(&normal_vec(23, NoiseStream::Custom(1 << 57), n * n)),
-    )?;
-    let b = drv(
-        "upload",
-        stream.clone_htod(&normal_vec(24, NoiseStream::Custom(1 << 57), n * n)),
-    )?;
-    let mut c = drv("alloc", stream.alloc_zeros::<f32>(n * n))?;
-    let cfg = GemmConfig {
-        transa: cublasOperation_t::CUBLAS_OP_N,
-        transb: cublasOperation_t::CUBLAS_OP_N,
-        m: n as i32,
-        n: n as i32,
-        k: n as i32,
-        alpha: 1.0f32,
-        lda: n as i32,
-        ldb: n as i32,
-        beta: 0.0f32,
-        ldc: n as i32,
-    };
-    let ms = gpu_ms(gpu, 5, || {
-        // SAFETY: all three buffers hold n² floats, matching the configuration.
-        unsafe { gpu.device().blas().gemm(cfg, &b, &a, &mut c) }
-            .map_err(|e| Error::Cuda(format!("cuBLAS: {e:?}")))
-    })?;
-    Ok(CheckResult::info(
-        "cuBLAS sgemm 8192³",
-        format!(
-            "{ms:.2} ms = {:.1} TFLOP/s f32 (GEMM ceiling)",
-            2.0 * (n as f64).powi(3) / ms / 1e9
-        ),
-    ))
+    let a = gpu.tensor(&[n, n], normal_vec(23, NoiseStream::Custom(1 << 57), n * n))?;
+    let b = gpu.tensor(&[n, n], normal_vec(24, NoiseStream::Custom(1 << 57), n * n))?;
+    let ms = gpu_ms(gpu, 5, || gpu.linear(&a, &b, None).map(|_| ()))?;
+    let tflops = 2.0 * (n as f64).powi(3) / ms / 1e9;
+    let line = CheckResult::info(
+        format!("[{}] cuBLAS GEMM 8192³", gpu.precision()),
+        format!("{ms:.2} ms = {tflops:.1} TFLOP/s with f32 accumulation (GEMM ceiling)"),
+    );
+    Ok((tflops, line))
 }
 
-fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
+fn op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
     let mut out = Vec::new();
     let conv = |name: &str, x: &[usize], w: &[usize], g: Conv2dGeometry| -> Result<CheckResult> {
         let inputs = Inputs::random(&[x, w, &[w[3]]], 100);
         let (oh, ow) = g.output_size(x[1], x[2], w[0], w[1]).unwrap_or((0, 0));
         let flops = 2 * x[0] * oh * ow * w[0] * w[1] * w[2] * w[3];
         check_op(
-            cpu,
+            refs,
             gpu,
             name,
             &inputs,
@@ -342,7 +388,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
 
     let linear = Inputs::random(&[&[2, 4096, 320], &[320, 2560], &[2560]], 200);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "linear 8192×320→2560",
         &linear,
@@ -353,7 +399,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
     let gn = Inputs::random(&[&[2, 64, 64, 320], &[320], &[320]], 300);
     let bytes = 2 * 4 * 2 * 64 * 64 * 320;
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "group_norm 32g + silu",
         &gn,
@@ -362,7 +408,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
     )?);
     let ln = Inputs::random(&[&[2, 4096, 320], &[320], &[320]], 400);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "layer_norm 320",
         &ln,
@@ -377,12 +423,13 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         (8, 80, 256, 256),
         (8, 160, 64, 77),
         (4, 64, 300, 300),
+        (8, 80, 4096, 4096),
     ] {
         let w = heads * d;
         let inputs = Inputs::random(&[&[2, lq, w], &[2, lk, w], &[2, lk, w]], 500 + d as u64);
         let flops = 4 * 2 * heads * lq * lk * d;
         out.push(check_op(
-            cpu,
+            refs,
             gpu,
             &format!("attention d{d} {lq}×{lk}"),
             &inputs,
@@ -393,7 +440,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
 
     let gg = Inputs::random(&[&[2, 4096, 2560]], 600);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "geglu 2560→1280",
         &gg,
@@ -403,7 +450,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
     let ew = Inputs::random(&[&[2, 64, 64, 320], &[2, 64, 64, 320], &[2, 320]], 700);
     let ew_bytes = 4.0 * 2.0 * 64.0 * 64.0 * 320.0;
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "silu (in place)",
         &ew,
@@ -414,7 +461,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         },
     )?);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "add ×0.7 (in place)",
         &ew,
@@ -426,7 +473,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         },
     )?);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "channel bias (in place)",
         &ew,
@@ -439,7 +486,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
     )?);
     let up = Inputs::random(&[&[2, 64, 64, 320]], 800);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "upsample 64²→128²",
         &up,
@@ -447,7 +494,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         &|b, t| b.upsample_nearest(&t[0], 128, 128).map(Some),
     )?);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "upsample 64²→127×129",
         &up,
@@ -456,7 +503,7 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
     )?);
     let cat = Inputs::random(&[&[2, 32, 32, 320], &[2, 32, 32, 640]], 900);
     out.push(check_op(
-        cpu,
+        refs,
         gpu,
         "concat 320+640",
         &cat,
@@ -467,9 +514,9 @@ fn op_checks(cpu: &CpuBackend, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
 }
 
 /// A whole U-Net forward on both backends at batch 4 with random inputs.
-fn unet_check(cpu: &CpuBackend, gpu: &CudaBackend, dir: &Path) -> Result<CheckResult> {
+fn unet_check(refs: &References, gpu: &CudaBackend, dir: &Path) -> Result<CheckResult> {
     let folder = ModelFolder::locate(dir)?;
-    let on_cpu = folder.load_unet(cpu)?;
+    let on_cpu = folder.load_unet(refs.cpu)?;
     let on_gpu = folder.load_unet(gpu)?;
     let config = on_cpu.config();
     let (h, w) = config.sample_size.unwrap_or((32, 32));
@@ -486,31 +533,39 @@ fn unet_check(cpu: &CpuBackend, gpu: &CudaBackend, dir: &Path) -> Result<CheckRe
             normal_vec(1001, NoiseStream::Custom(1 << 57), batch * 7 * d),
         )
     });
-    let run = |b: &dyn Backend, unet: &crate::model::UNet| -> Result<(Vec<f32>, f64)> {
-        let xt = b.tensor(&shape, x.clone())?;
-        let enc = states
-            .as_ref()
-            .map(|(s, v)| b.tensor(s, v.clone()))
-            .transpose()?;
-        let inputs = UNetInputs {
-            timesteps: &timesteps,
-            class_labels: labels.as_deref(),
-            encoder_hidden_states: enc.as_ref(),
+    let run =
+        |b: &dyn Backend, unet: &crate::model::UNet, iters: usize| -> Result<(Vec<f32>, f64)> {
+            let xt = b.tensor(&shape, x.clone())?;
+            let enc = states
+                .as_ref()
+                .map(|(s, v)| b.tensor(s, v.clone()))
+                .transpose()?;
+            let inputs = UNetInputs {
+                timesteps: &timesteps,
+                class_labels: labels.as_deref(),
+                encoder_hidden_states: enc.as_ref(),
+            };
+            let out = b.to_host(&unet.forward(b, &xt, &inputs)?)?;
+            let t = Instant::now();
+            for _ in 0..iters {
+                b.to_host(&unet.forward(b, &xt, &inputs)?)?;
+            }
+            Ok((out, t.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64))
         };
-        let out = b.to_host(&unet.forward(b, &xt, &inputs)?)?;
-        let t = Instant::now();
-        let iters = 5;
-        for _ in 0..iters {
-            b.to_host(&unet.forward(b, &xt, &inputs)?)?;
-        }
-        Ok((out, t.elapsed().as_secs_f64() * 1e3 / iters as f64))
-    };
-    let (reference, cpu_ms) = run(cpu, &on_cpu)?;
-    let (out, gpu_ms) = run(gpu, &on_gpu)?;
+    let (reference, cpu_ms) = run(refs.cpu, &on_cpu, 5)?;
+    let (tolerance, plain_note) = refs.tolerance(&reference, |plain| {
+        let on_plain = folder.load_unet(plain)?;
+        Ok(run(plain, &on_plain, 0)?.0)
+    })?;
+    let (out, gpu_ms) = run(gpu, &on_gpu, 5)?;
     Ok(CheckResult {
-        name: format!("unet {}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")),
+        name: format!(
+            "[{}] unet {}",
+            gpu.precision(),
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+        ),
         rel_l2: Some(rel_l2(&out, &reference)),
-        tolerance: Some(1e-5),
-        note: format!("batch {batch} {h}×{w}: gpu {gpu_ms:.2} ms, cpu {cpu_ms:.1} ms per forward (incl. copy back)"),
+        tolerance: Some(tolerance),
+        note: format!("{plain_note}batch {batch} {h}×{w}: gpu {gpu_ms:.2} ms, cpu {cpu_ms:.1} ms per forward (incl. copy back)"),
     })
 }

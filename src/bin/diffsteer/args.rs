@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use diffsteer::schedule::SchedulerKind;
+use diffsteer::tensor::Precision;
 
 #[derive(Parser)]
 #[command(
@@ -237,9 +238,8 @@ pub struct GenerateArgs {
     #[arg(long, short)]
     pub quiet: bool,
 
-    /// Where the model runs.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     #[command(flatten)]
     pub align: AlignArgs,
@@ -354,19 +354,54 @@ pub enum PotentialArg {
     Sum,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// `--device cpu` or `--device cuda[:N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceArg {
     /// The CPU backend (all cores).
     Cpu,
-    /// GPU 0 through the CUDA backend (binaries built with `--features cuda`).
-    Cuda,
+    /// GPU N through the CUDA backend (binaries built with `--features cuda`).
+    Cuda(usize),
+}
+
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    match s {
+        "cpu" => Ok(DeviceArg::Cpu),
+        "cuda" => Ok(DeviceArg::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
+            _ => Err(format!(
+                "expected cpu, cuda or cuda:N (N = GPU index), got {s:?}"
+            )),
+        },
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<Precision, String> {
+    Precision::parse(s).map_err(|_| format!("expected f32, f16 or bf16, got {s:?}"))
+}
+
+/// Where the model runs and the element type of its tensors.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct TargetArgs {
+    /// Where the model runs: `cpu` (all cores) or `cuda[:N]` (GPU N, default 0).
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceArg,
+
+    /// Element type of the GPU's weights and activations: f32, f16 or bf16 (kernels
+    /// and GEMMs accumulate in f32). The CPU backend computes in f32 only.
+    #[arg(long, value_name = "f32|f16|bf16", default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: Precision,
 }
 
 #[derive(Args, Debug)]
 pub struct SelftestArgs {
-    /// Device to check against the CPU reference.
-    #[arg(long, value_enum, default_value = "cuda")]
+    /// GPU to check against the CPU reference: `cuda` or `cuda:N`.
+    #[arg(long, value_name = "cuda[:N]", default_value = "cuda", value_parser = parse_device)]
     pub device: DeviceArg,
+
+    /// Element types whose kernels are checked, as a comma list (default: all three).
+    #[arg(long, value_name = "f32,f16,bf16", value_delimiter = ',', value_parser = parse_dtype, default_value = "f32,f16,bf16")]
+    pub dtype: Vec<Precision>,
 
     /// Model folders whose whole U-Net forward is also compared (repeatable).
     #[arg(long = "model", value_name = "DIR")]
@@ -406,9 +441,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 
-    /// Where the model runs.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// `--batch 1,4,16`: the batch sizes in the order given. A newtype, because clap
@@ -492,9 +526,8 @@ pub struct EvalArgs {
     #[arg(long, short)]
     pub quiet: bool,
 
-    /// Where the model runs.
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     #[command(flatten)]
     pub align: AlignArgs,

@@ -143,7 +143,7 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     }
     let source = Source::resolve(&args.model)?;
     let batches = &args.batch.0;
-    let backend = make_backend(args.device)?;
+    let backend = make_backend(&args.target)?;
     let b: &dyn Backend = backend.as_ref();
     let counting = CountingBackend::new(b);
     let probe = b.tensor(&[1], vec![0.0])?;

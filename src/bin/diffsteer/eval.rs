@@ -159,7 +159,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
         .unwrap_or(SchedulerArg::Ddim);
 
-    let backend = make_backend(args.device)?;
+    let backend = make_backend(&args.target)?;
     let unet = folder.load_unet(backend.as_ref())?;
     let (height, width) = unet
         .config()

@@ -17,10 +17,11 @@ use diffsteer::model::ModelFolder;
 use diffsteer::reward::SampleShape;
 use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions};
+use diffsteer::tensor::Precision;
 use diffsteer::Error;
 
 use crate::align;
-use crate::args::{ClassArg, DeviceArg, GenerateArgs, SchedulerArg};
+use crate::args::{ClassArg, DeviceArg, GenerateArgs, SchedulerArg, TargetArgs};
 use crate::usage_error::{usage, CliError};
 
 const DEFAULT_MODEL: &str = "weights/digits";
@@ -127,14 +128,24 @@ fn as_flag_error(e: Error) -> CliError {
     }
 }
 
-/// The backend `--device` names.
-pub fn make_backend(device: DeviceArg) -> Result<Box<dyn Backend>, CliError> {
-    match device {
+/// The backend `--device` and `--dtype` name.
+pub fn make_backend(target: &TargetArgs) -> Result<Box<dyn Backend>, CliError> {
+    match target.device {
+        DeviceArg::Cpu if target.dtype != Precision::F32 => Err(usage(
+            "--dtype",
+            format!(
+                "the CPU backend computes in f32 only; --dtype {} needs --device cuda",
+                target.dtype
+            ),
+        )),
         DeviceArg::Cpu => Ok(Box::new(CpuBackend::new())),
         #[cfg(feature = "cuda")]
-        DeviceArg::Cuda => Ok(Box::new(diffsteer::backend::cuda::CudaBackend::new(0)?)),
+        DeviceArg::Cuda(ordinal) => Ok(Box::new(diffsteer::backend::cuda::CudaBackend::new(
+            ordinal,
+            target.dtype,
+        )?)),
         #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda => Err(usage(
+        DeviceArg::Cuda(_) => Err(usage(
             "--device",
             "this binary was built without CUDA (accepted: cpu); rebuild with `cargo build --release --features cuda`",
         )),
@@ -167,7 +178,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
     )
     .map_err(as_flag_error)?;
 
-    let backend = make_backend(args.device)?;
+    let backend = make_backend(&args.target)?;
     let unet = folder.load_unet(backend.as_ref())?;
     let sampler = Sampler::new(backend.as_ref(), &unet, scheduler.as_ref())?;
     let alignment = setup.alignment();

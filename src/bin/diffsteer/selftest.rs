@@ -5,24 +5,23 @@ use crate::usage_error::CliError;
 
 #[cfg(feature = "cuda")]
 pub fn run(args: &SelftestArgs) -> Result<(), CliError> {
-    use diffsteer::backend::cuda::{selftest, CudaBackend};
-    if args.device != crate::args::DeviceArg::Cuda {
+    use diffsteer::backend::cuda::selftest;
+    let crate::args::DeviceArg::Cuda(ordinal) = args.device else {
         return Err(crate::usage_error::usage(
             "--device",
-            "selftest checks a GPU against the CPU reference (accepted: cuda)",
+            "selftest checks a GPU against the CPU reference (accepted: cuda, cuda:N)",
         ));
-    }
-    let gpu = CudaBackend::new(0)?;
+    };
     let models: Vec<&std::path::Path> = args.models.iter().map(|p| p.as_path()).collect();
-    let results = selftest::run(&gpu, &models, |r| {
+    let results = selftest::run(ordinal, &args.dtype, &models, |r| {
         let verdict = match (r.rel_l2, r.tolerance) {
             (Some(e), Some(t)) => format!(
-                "rel_l2 {e:.2e} (tol {t:.0e}) {}",
+                "rel_l2 {e:.2e} (tol {t:.1e}) {}",
                 if r.passed() { "ok  " } else { "FAIL" }
             ),
             _ => String::new(),
         };
-        println!("{:<28} {verdict:<32} {}", r.name, r.note);
+        println!("{:<36} {verdict:<32} {}", r.name, r.note);
     })?;
     let failed = results.iter().filter(|r| !r.passed()).count();
     println!("{} checks, {failed} failed", results.len());
