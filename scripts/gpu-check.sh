@@ -33,7 +33,7 @@ models=()
 for m in tests/fixtures/models/unet2d_class tests/fixtures/models/unet_cond tests/fixtures/models/unet_cond_linear weights/digits; do
     [ -f "$m/config.json" ] && models+=(--model "$m")
 done
-"$bin" selftest --device cuda "${models[@]}"
+"$bin" selftest --device cuda --dtype f32,f16,bf16 "${models[@]}"
 rc=$?
 echo "selftest exit code: $rc"
 
@@ -45,17 +45,24 @@ if [ -f weights/digits/config.json ]; then
             --out "/tmp/gen-$dev" --overwrite --quiet --grid "${OUT:-/tmp}/digits-$dev.png" --grid-scale 3 || rc=1
         echo "$dev: $(( ($(date +%s%N) - start) / 1000000 )) ms for 20 images (DDIM 50, CFG 3, batch 20)"
     done
+    for dtype in f16 bf16; do
+        start=$(date +%s%N)
+        "$bin" generate --device cuda --dtype "$dtype" --count 20 --batch 20 --steps 50 --scheduler ddim --cfg 3 --seed 1 \
+            --out "/tmp/gen-cuda-$dtype" --overwrite --quiet --grid "${OUT:-/tmp}/digits-cuda-$dtype.png" --grid-scale 3 || rc=1
+        echo "cuda $dtype: $(( ($(date +%s%N) - start) / 1000000 )) ms for 20 images"
+    done
     python3 - <<'PY' || rc=1
 import numpy as np
 from PIL import Image
-worst, differing, total = 0, 0, 0
-for i in range(20):
-    a = np.asarray(Image.open(f"/tmp/gen-cuda/{i:06d}.png"), dtype=np.int32)
-    b = np.asarray(Image.open(f"/tmp/gen-cpu/{i:06d}.png"), dtype=np.int32)
-    worst = max(worst, int(np.abs(a - b).max()))
-    differing += int((a != b).sum())
-    total += a.size
-print(f"cuda vs cpu PNGs: {differing} of {total} pixels differ, largest difference {worst}/255")
+for run in ["cuda", "cuda-f16", "cuda-bf16"]:
+    worst, differing, total = 0, 0, 0
+    for i in range(20):
+        a = np.asarray(Image.open(f"/tmp/gen-{run}/{i:06d}.png"), dtype=np.int32)
+        b = np.asarray(Image.open(f"/tmp/gen-cpu/{i:06d}.png"), dtype=np.int32)
+        worst = max(worst, int(np.abs(a - b).max()))
+        differing += int((a != b).sum())
+        total += a.size
+    print(f"{run} vs cpu PNGs: {differing} of {total} pixels differ, largest difference {worst}/255")
 PY
     echo "== generate: throughput on the GPU (512 digits, batch 256, DDIM 50)"
     start=$(date +%s%N)
@@ -74,8 +81,27 @@ if [ -f weights/digits/config.json ]; then
     echo "== bench: digits model"
     "$bin" bench --device cuda --batch 1,16,128 --steps 20 --iters 10 --json "${OUT:-/tmp}/bench-digits.json" || rc=1
 fi
-echo "== bench: SD1.5-shaped U-Net (random weights), 64x64 latents"
-"$bin" bench --device cuda --model sd15-shape --batch 1,2,8 --steps 10 --iters 5 --json "${OUT:-/tmp}/bench-sd15.json" || rc=1
+for run in f16:1,2,8 bf16:1,2,8 f32:2; do
+    dtype=${run%%:*}
+    echo "== bench: SD1.5-shaped U-Net (random weights), 64x64 latents, $dtype"
+    "$bin" bench --device cuda --dtype "$dtype" --model sd15-shape --batch "${run#*:}" --steps 10 --iters 5 \
+        --json "${OUT:-/tmp}/bench-sd15-$dtype.json" || rc=1
+done
+
+# The PyTorch side of the comparisons: diffusers' SD1.5 U-Net with SDPA, SDPA alone at
+# head dim 80 and 4096 tokens, torch.matmul ceilings. diffusers is not installed on
+# the GPU machine: carry its wheels in .whl/ (see tools/bench_torch_gpu.py).
+if [ -d .whl ] && python3 -c "import torch" 2>/dev/null; then
+    echo "== PyTorch + diffusers on the same GPU"
+    if python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
+        PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 240 python3 tools/bench_torch_gpu.py --batch 1,2,8 --dtype f16,bf16 \
+            --attn-shapes 2x8x4096x80,2x8x4096x40,2x8x1024x80,2x8x256x160 --json "${OUT:-/tmp}/torch-gpu.json" || rc=1
+    else
+        echo "installing the carried wheels failed"; rc=1
+    fi
+else
+    echo "== PyTorch comparison skipped (no .whl/ folder or no torch)"
+fi
 
 echo "gpu-check exit code: $rc"
 exit $rc
