@@ -5,8 +5,9 @@ use super::betas::{TimestepSpacing, TrainSchedule};
 use super::config::SchedulerConfig;
 use super::ddpm::integer_timesteps;
 use super::{
-    check_num_steps, check_step_args, clip_from_config, refuse_karras, vp_pred_original,
-    PredictionType, ScheduleOptions, Scheduler, SchedulerKind, StepState,
+    check_num_steps, check_step_args, check_step_index, clip_from_config, refuse_karras,
+    vp_pred_original, LinearStep, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
+    StepState,
 };
 use crate::error::{Error, Result};
 
@@ -65,6 +66,37 @@ impl Ddim {
     }
 }
 
+/// The per-step scalars of a DDIM step.
+struct DdimScalars {
+    sqrt_alpha: f32,
+    sqrt_beta: f32,
+    std: f32,
+    direction_coeff: f32,
+    sqrt_alpha_prev: f32,
+}
+
+impl Ddim {
+    fn scalars(&self, step: usize) -> DdimScalars {
+        let t = self.timesteps[step];
+        let alpha_t = self.alphas_cumprod[t];
+        let alpha_prev = t
+            .checked_sub(self.step_ratio)
+            .map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p]);
+        let beta_t = 1.0 - alpha_t;
+        let beta_prev = 1.0 - alpha_prev;
+        let variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev);
+        // diffusers multiplies the float32 variance by eta as a float32 scalar.
+        let std = self.eta as f32 * variance.sqrt();
+        DdimScalars {
+            sqrt_alpha: alpha_t.sqrt(),
+            sqrt_beta: beta_t.sqrt(),
+            std,
+            direction_coeff: (1.0 - alpha_prev - std * std).sqrt(),
+            sqrt_alpha_prev: alpha_prev.sqrt(),
+        }
+    }
+}
+
 impl Scheduler for Ddim {
     fn kind(&self) -> SchedulerKind {
         SchedulerKind::Ddim
@@ -114,19 +146,13 @@ impl Scheduler for Ddim {
         out: &mut [f32],
     ) -> Result<()> {
         check_step_args(self, step, sample, model_output, noise, out)?;
-        let t = self.timesteps[step];
-        let alpha_t = self.alphas_cumprod[t];
-        let alpha_prev = t
-            .checked_sub(self.step_ratio)
-            .map_or(self.final_alpha_cumprod, |p| self.alphas_cumprod[p]);
-        let beta_t = 1.0 - alpha_t;
-        let beta_prev = 1.0 - alpha_prev;
-        let (sqrt_alpha, sqrt_beta) = (alpha_t.sqrt(), beta_t.sqrt());
-        let variance = (beta_prev / beta_t) * (1.0 - alpha_t / alpha_prev);
-        // diffusers multiplies the float32 variance by eta as a float32 scalar.
-        let std = self.eta as f32 * variance.sqrt();
-        let direction_coeff = (1.0 - alpha_prev - std * std).sqrt();
-        let sqrt_alpha_prev = alpha_prev.sqrt();
+        let DdimScalars {
+            sqrt_alpha,
+            sqrt_beta,
+            std,
+            direction_coeff,
+            sqrt_alpha_prev,
+        } = self.scalars(step);
 
         for ((o, &x), &m) in out.iter_mut().zip(sample).zip(model_output) {
             let mut x0 = vp_pred_original(self.prediction, sqrt_alpha, sqrt_beta, x, m);
@@ -146,5 +172,29 @@ impl Scheduler for Ddim {
             }
         }
         Ok(())
+    }
+
+    fn linear_step(&self, step: usize, _state: &StepState) -> Result<LinearStep> {
+        check_step_index(self, step)?;
+        let c = self.scalars(step);
+        let (x0_from_sample, x0_from_output) =
+            LinearStep::vp_x0(self.prediction, c.sqrt_alpha, c.sqrt_beta);
+        // ε as a combination of (x, m); for sample prediction it comes from the
+        // unclamped x̂₀ = m.
+        let (eps_x, eps_m) = match self.prediction {
+            PredictionType::Epsilon => (0.0, 1.0),
+            PredictionType::Sample => (1.0 / c.sqrt_beta, -c.sqrt_alpha / c.sqrt_beta),
+            PredictionType::VPrediction => (c.sqrt_beta, c.sqrt_alpha),
+        };
+        Ok(LinearStep {
+            x0_from_sample,
+            x0_from_output,
+            clip: self.clip,
+            sample: c.direction_coeff * eps_x,
+            output: c.direction_coeff * eps_m,
+            x0: c.sqrt_alpha_prev,
+            history: 0.0,
+            noise: if self.eta > 0.0 { c.std } else { 0.0 },
+        })
     }
 }

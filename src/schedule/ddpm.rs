@@ -4,8 +4,9 @@
 use super::betas::{spaced_timesteps, TimestepSpacing, TrainSchedule};
 use super::config::SchedulerConfig;
 use super::{
-    check_num_steps, check_step_args, clip_from_config, refuse_karras, vp_pred_original,
-    PredictionType, ScheduleOptions, Scheduler, SchedulerKind, StepState,
+    check_num_steps, check_step_args, check_step_index, clip_from_config, refuse_karras,
+    vp_pred_original, LinearStep, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
+    StepState,
 };
 use crate::error::Result;
 
@@ -151,17 +152,13 @@ impl Scheduler for Ddpm {
         out: &mut [f32],
     ) -> Result<()> {
         check_step_args(self, step, sample, model_output, noise, out)?;
-        let t = self.timesteps[step];
-        let alpha_t = self.alphas_cumprod[t];
-        let alpha_prev = self.prev_timesteps[step].map_or(1.0, |p| self.alphas_cumprod[p]);
-        let beta_t = 1.0 - alpha_t;
-        let beta_prev = 1.0 - alpha_prev;
-        let current_alpha = alpha_t / alpha_prev;
-        let current_beta = 1.0 - current_alpha;
-        let (sqrt_alpha, sqrt_beta) = (alpha_t.sqrt(), beta_t.sqrt());
-        let coeff_x0 = (alpha_prev.sqrt() * current_beta) / beta_t;
-        let coeff_xt = current_alpha.sqrt() * beta_prev / beta_t;
-
+        let DdpmScalars {
+            sqrt_alpha,
+            sqrt_beta,
+            coeff_x0,
+            coeff_xt,
+            std,
+        } = self.scalars(step);
         for ((o, &x), &m) in out.iter_mut().zip(sample).zip(model_output) {
             let mut x0 = vp_pred_original(self.prediction, sqrt_alpha, sqrt_beta, x, m);
             if let Some(r) = self.clip {
@@ -171,16 +168,61 @@ impl Scheduler for Ddpm {
         }
 
         if let Some(noise) = noise {
-            let posterior = (beta_prev / beta_t * current_beta).max(1e-20);
-            let std = match self.variance {
-                VarianceType::FixedSmall => posterior.sqrt(),
-                VarianceType::FixedSmallLog => (0.5 * posterior.ln()).exp(),
-                VarianceType::FixedLarge => current_beta.sqrt(),
-            };
             for (o, &z) in out.iter_mut().zip(noise) {
                 *o += std * z;
             }
         }
         Ok(())
+    }
+
+    fn linear_step(&self, step: usize, _state: &StepState) -> Result<LinearStep> {
+        check_step_index(self, step)?;
+        let c = self.scalars(step);
+        let (x0_from_sample, x0_from_output) =
+            LinearStep::vp_x0(self.prediction, c.sqrt_alpha, c.sqrt_beta);
+        Ok(LinearStep {
+            x0_from_sample,
+            x0_from_output,
+            clip: self.clip,
+            sample: c.coeff_xt,
+            output: 0.0,
+            x0: c.coeff_x0,
+            history: 0.0,
+            noise: if self.needs_noise(step) { c.std } else { 0.0 },
+        })
+    }
+}
+
+/// The per-step scalars of a DDPM step.
+struct DdpmScalars {
+    sqrt_alpha: f32,
+    sqrt_beta: f32,
+    coeff_x0: f32,
+    coeff_xt: f32,
+    /// The standard deviation of the added noise (used where the step adds any).
+    std: f32,
+}
+
+impl Ddpm {
+    fn scalars(&self, step: usize) -> DdpmScalars {
+        let t = self.timesteps[step];
+        let alpha_t = self.alphas_cumprod[t];
+        let alpha_prev = self.prev_timesteps[step].map_or(1.0, |p| self.alphas_cumprod[p]);
+        let beta_t = 1.0 - alpha_t;
+        let beta_prev = 1.0 - alpha_prev;
+        let current_alpha = alpha_t / alpha_prev;
+        let current_beta = 1.0 - current_alpha;
+        let posterior = (beta_prev / beta_t * current_beta).max(1e-20);
+        DdpmScalars {
+            sqrt_alpha: alpha_t.sqrt(),
+            sqrt_beta: beta_t.sqrt(),
+            coeff_x0: (alpha_prev.sqrt() * current_beta) / beta_t,
+            coeff_xt: current_alpha.sqrt() * beta_prev / beta_t,
+            std: match self.variance {
+                VarianceType::FixedSmall => posterior.sqrt(),
+                VarianceType::FixedSmallLog => (0.5 * posterior.ln()).exp(),
+                VarianceType::FixedLarge => current_beta.sqrt(),
+            },
+        }
     }
 }

@@ -12,8 +12,8 @@ use super::betas::{
 use super::config::SchedulerConfig;
 use super::euler::{refuse_other_sigma_schedules, use_karras, FinalSigma};
 use super::{
-    check_num_steps, check_step_args, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
-    StepState,
+    check_num_steps, check_step_args, check_step_index, LinearStep, PredictionType,
+    ScheduleOptions, Scheduler, SchedulerKind, StepState,
 };
 use crate::error::{Error, Result};
 
@@ -251,6 +251,58 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
+/// The per-step scalars of a DPM-Solver++(2M) step.
+struct DpmScalars {
+    alpha_s0: f32,
+    sigma_s0: f32,
+    ratio: f32,
+    exp_m1: f32,
+    /// 1/r₀ and the second-order coefficient; 0 for a first-order step.
+    inv_r0: f32,
+    d1_coeff: f32,
+}
+
+impl DpmSolverMultistep {
+    /// Whether `step` uses the previous step's x̂₀.
+    fn second_order(&self, step: usize, state: &StepState) -> bool {
+        let last = self.timesteps.len() - 1;
+        state.lower_order_nums >= 1 && !(step == last && self.first_order_final)
+    }
+
+    fn scalars(&self, step: usize, second_order: bool) -> DpmScalars {
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
+        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
+        let lambda_t = lambda(alpha_t, sigma_t);
+        let lambda_s0 = lambda(alpha_s0, sigma_s0);
+        let h = lambda_t - lambda_s0;
+        let exp_m1 = alpha_t * ((-h).exp() - 1.0);
+        let (inv_r0, d1_coeff) = if second_order && step > 0 {
+            let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
+            let lambda_s1 = lambda(alpha_s1, sigma_s1);
+            let r0 = (lambda_s0 - lambda_s1) / h;
+            let d1_coeff = match self.solver {
+                SolverType::Midpoint => 0.5 * exp_m1,
+                // h = 0 (the step does not move: Karras sigmas ending at sigma_min
+                // with final_sigmas_type "sigma_min") makes diffusers' 0/0 a NaN;
+                // the coefficient's limit is 0, and the step is the identity.
+                SolverType::Heun if h == 0.0 => 0.0,
+                SolverType::Heun => alpha_t * (((-h).exp() - 1.0) / h + 1.0),
+            };
+            (1.0 / r0, d1_coeff)
+        } else {
+            (0.0, 0.0)
+        };
+        DpmScalars {
+            alpha_s0,
+            sigma_s0,
+            ratio: sigma_t / sigma_s0,
+            exp_m1,
+            inv_r0,
+            d1_coeff,
+        }
+    }
+}
+
 impl Scheduler for DpmSolverMultistep {
     fn kind(&self) -> SchedulerKind {
         SchedulerKind::DpmSolverMultistep
@@ -295,8 +347,7 @@ impl Scheduler for DpmSolverMultistep {
     ) -> Result<()> {
         check_step_args(self, step, sample, model_output, noise, out)?;
         let n = sample.len();
-        let last = self.timesteps.len() - 1;
-        let second_order = state.lower_order_nums >= 1 && !(step == last && self.first_order_final);
+        let second_order = self.second_order(step, state);
         if second_order {
             if step == 0 {
                 return Err(Error::invalid(
@@ -325,7 +376,8 @@ impl Scheduler for DpmSolverMultistep {
         }
 
         // The data prediction x0 at this step (diffusers' convert_model_output).
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step]);
+        let c = self.scalars(step, second_order);
+        let (alpha_s0, sigma_s0) = (c.alpha_s0, c.sigma_s0);
         let x0: Vec<f32> = sample
             .iter()
             .zip(model_output)
@@ -335,28 +387,11 @@ impl Scheduler for DpmSolverMultistep {
                 PredictionType::Sample => m,
             })
             .collect();
-
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1]);
-        let lambda_t = lambda(alpha_t, sigma_t);
-        let lambda_s0 = lambda(alpha_s0, sigma_s0);
-        let h = lambda_t - lambda_s0;
-        let ratio = sigma_t / sigma_s0;
-        let exp_m1 = alpha_t * ((-h).exp() - 1.0);
+        let (ratio, exp_m1) = (c.ratio, c.exp_m1);
 
         if second_order {
             let prev = state.history.last().map(Vec::as_slice).unwrap_or(&[]);
-            let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1]);
-            let lambda_s1 = lambda(alpha_s1, sigma_s1);
-            let r0 = (lambda_s0 - lambda_s1) / h;
-            let inv_r0 = 1.0 / r0;
-            let d1_coeff = match self.solver {
-                SolverType::Midpoint => 0.5 * exp_m1,
-                // h = 0 (the step does not move: Karras sigmas ending at sigma_min
-                // with final_sigmas_type "sigma_min") makes diffusers' 0/0 a NaN;
-                // the coefficient's limit is 0, and the step is the identity.
-                SolverType::Heun if h == 0.0 => 0.0,
-                SolverType::Heun => alpha_t * (((-h).exp() - 1.0) / h + 1.0),
-            };
+            let (inv_r0, d1_coeff) = (c.inv_r0, c.d1_coeff);
             for (((o, &x), &m0), &m1) in out.iter_mut().zip(sample).zip(&x0).zip(prev) {
                 let d1 = inv_r0 * (m0 - m1);
                 *o = match self.solver {
@@ -374,6 +409,54 @@ impl Scheduler for DpmSolverMultistep {
         state.history.push(x0);
         state.lower_order_nums = (state.lower_order_nums + 1).min(2);
         Ok(())
+    }
+
+    fn linear_step(&self, step: usize, state: &StepState) -> Result<LinearStep> {
+        check_step_index(self, step)?;
+        let second_order = self.second_order(step, state);
+        if second_order && state.history.is_empty() {
+            return Err(Error::invalid(
+                "state",
+                "lower_order_nums says a previous step was taken but the history is empty",
+            ));
+        }
+        let c = self.scalars(step, second_order);
+        let (x0_from_sample, x0_from_output) = match self.prediction {
+            PredictionType::Epsilon => (1.0 / c.alpha_s0, -c.sigma_s0 / c.alpha_s0),
+            PredictionType::VPrediction => (c.alpha_s0, -c.sigma_s0),
+            PredictionType::Sample => (0.0, 1.0),
+        };
+        // out = ratio·x − exp_m1·x̂₀ ∓ d1_coeff·inv_r0·(x̂₀ − h): minus for the
+        // midpoint solver, plus for Heun's.
+        let sign = match self.solver {
+            SolverType::Midpoint => -1.0,
+            SolverType::Heun => 1.0,
+        };
+        let d1 = if second_order {
+            sign * c.d1_coeff * c.inv_r0
+        } else {
+            0.0
+        };
+        Ok(LinearStep {
+            x0_from_sample,
+            x0_from_output,
+            clip: None,
+            sample: c.ratio,
+            output: 0.0,
+            x0: -c.exp_m1 + d1,
+            history: -d1,
+            noise: 0.0,
+        })
+    }
+
+    fn records_history(&self) -> bool {
+        true
+    }
+
+    fn record_history(&self, state: &mut StepState, x0: Vec<f32>) {
+        state.history.clear();
+        state.history.push(x0);
+        state.lower_order_nums = (state.lower_order_nums + 1).min(2);
     }
 }
 

@@ -7,8 +7,8 @@ use super::betas::{
 };
 use super::config::SchedulerConfig;
 use super::{
-    check_num_steps, check_step_args, PredictionType, ScheduleOptions, Scheduler, SchedulerKind,
-    StepState,
+    check_num_steps, check_step_args, check_step_index, LinearStep, PredictionType,
+    ScheduleOptions, Scheduler, SchedulerKind, StepState,
 };
 use crate::error::Result;
 
@@ -233,5 +233,38 @@ impl Scheduler for Euler {
             *o = x + derivative * dt;
         }
         Ok(())
+    }
+
+    fn linear_step(&self, step: usize, _state: &StepState) -> Result<LinearStep> {
+        check_step_index(self, step)?;
+        let sigma = self.sigmas[step];
+        let dt = self.sigmas[step + 1] - sigma;
+        Ok(euler_linear(self.prediction, sigma, dt, 0.0))
+    }
+}
+
+/// x + (x − x̂₀)/σ · dt + noise·z as a [`LinearStep`] (Euler and Euler ancestral).
+pub(crate) fn euler_linear(
+    prediction: PredictionType,
+    sigma: f32,
+    dt: f32,
+    noise: f32,
+) -> LinearStep {
+    let (v_out, v_skip) = v_factors(sigma);
+    let (x0_from_sample, x0_from_output) = match prediction {
+        PredictionType::Epsilon => (1.0, -sigma),
+        PredictionType::VPrediction => (1.0 / v_skip, v_out),
+        PredictionType::Sample => (0.0, 1.0),
+    };
+    let slope = dt / sigma;
+    LinearStep {
+        x0_from_sample,
+        x0_from_output,
+        clip: None,
+        sample: 1.0 + slope,
+        output: 0.0,
+        x0: -slope,
+        history: 0.0,
+        noise,
     }
 }

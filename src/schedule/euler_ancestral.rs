@@ -4,10 +4,10 @@
 
 use super::betas::{interp, spaced_timesteps, TimestepSpacing, TrainSchedule};
 use super::config::SchedulerConfig;
-use super::euler::{init_noise_sigma, pred_original, v_factors};
+use super::euler::{euler_linear, init_noise_sigma, pred_original, v_factors};
 use super::{
-    check_num_steps, check_step_args, refuse_karras, PredictionType, ScheduleOptions, Scheduler,
-    SchedulerKind, StepState,
+    check_num_steps, check_step_args, check_step_index, refuse_karras, LinearStep, PredictionType,
+    ScheduleOptions, Scheduler, SchedulerKind, StepState,
 };
 use crate::error::Result;
 
@@ -108,12 +108,7 @@ impl Scheduler for EulerAncestral {
         out: &mut [f32],
     ) -> Result<()> {
         check_step_args(self, step, sample, model_output, noise, out)?;
-        let sigma = self.sigmas[step];
-        let sigma_to = self.sigmas[step + 1];
-        let (from2, to2) = (sigma * sigma, sigma_to * sigma_to);
-        let sigma_up = (to2 * (from2 - to2) / from2).sqrt();
-        let sigma_down = (to2 - sigma_up * sigma_up).sqrt();
-        let dt = sigma_down - sigma;
+        let (sigma, sigma_up, dt) = self.step_sigmas(step);
         let (v_out, v_skip) = v_factors(sigma);
         let noise = noise.unwrap_or(&[]);
         for (((o, &x), &m), &z) in out.iter_mut().zip(sample).zip(model_output).zip(noise) {
@@ -122,5 +117,23 @@ impl Scheduler for EulerAncestral {
             *o = (x + derivative * dt) + z * sigma_up;
         }
         Ok(())
+    }
+
+    fn linear_step(&self, step: usize, _state: &StepState) -> Result<LinearStep> {
+        check_step_index(self, step)?;
+        let (sigma, sigma_up, dt) = self.step_sigmas(step);
+        Ok(euler_linear(self.prediction, sigma, dt, sigma_up))
+    }
+}
+
+impl EulerAncestral {
+    /// (σ, σ_up, dt = σ_down − σ) of `step`.
+    fn step_sigmas(&self, step: usize) -> (f32, f32, f32) {
+        let sigma = self.sigmas[step];
+        let sigma_to = self.sigmas[step + 1];
+        let (from2, to2) = (sigma * sigma, sigma_to * sigma_to);
+        let sigma_up = (to2 * (from2 - to2) / from2).sqrt();
+        let sigma_down = (to2 - sigma_up * sigma_up).sqrt();
+        (sigma, sigma_up, sigma_down - sigma)
     }
 }

@@ -23,8 +23,10 @@ pub mod ddpm;
 pub mod dpm_solver;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod linear;
 
 pub use config::SchedulerConfig;
+pub use linear::LinearStep;
 
 use crate::error::{Error, Result};
 
@@ -198,6 +200,35 @@ pub trait Scheduler: Send + Sync {
         noise: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<()>;
+
+    /// `step` as per-sample coefficients of one elementwise formula (see
+    /// [`LinearStep`]), for the fused GPU step. `state` is the sample's state before
+    /// the step; afterwards pass the step's x̂₀ to [`Scheduler::record_history`].
+    fn linear_step(&self, step: usize, state: &StepState) -> Result<LinearStep>;
+
+    /// Whether the next step reads this step's x̂₀ (multistep solvers).
+    fn records_history(&self) -> bool {
+        false
+    }
+
+    /// Updates `state` after a step taken through [`Scheduler::linear_step`], with
+    /// that step's unclamped x̂₀: what [`Scheduler::step`] records itself.
+    fn record_history(&self, _state: &mut StepState, _x0: Vec<f32>) {}
+}
+
+/// Refuses a step index past the schedule (for [`Scheduler::linear_step`]).
+pub(crate) fn check_step_index(scheduler: &dyn Scheduler, step: usize) -> Result<()> {
+    if step >= scheduler.num_steps() {
+        return Err(Error::invalid(
+            "step",
+            format!(
+                "step {step} of a {} schedule with {} steps",
+                scheduler.kind(),
+                scheduler.num_steps()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Builds the scheduler `kind` for `num_steps` inference steps from a diffusers
