@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Conv2dGeometry, ConvEpilogue};
+use super::{Backend, Conv2dGeometry, ConvEpilogue, SlotStep, StepBuffers, StepResult};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -173,5 +173,22 @@ impl Backend for CountingBackend<'_> {
     }
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.record("concat", none, || self.inner.concat_channels(a, b))
+    }
+
+    fn guided_step(
+        &self,
+        model_out: &Tensor,
+        slots: &[SlotStep],
+        buffers: &StepBuffers,
+    ) -> Result<StepResult> {
+        self.record(
+            "guided_step",
+            |_| 0,
+            || self.inner.guided_step(model_out, slots, buffers),
+        )
+    }
+
+    fn prefers_fused_step(&self) -> bool {
+        self.inner.prefers_fused_step()
     }
 }

@@ -9,11 +9,13 @@ pub mod counting;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod guided_step;
 pub mod rounding;
 pub mod shapes;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
+pub use guided_step::{SlotStep, StepBuffers, StepResult};
 
 /// Elementwise work applied to a convolution's output as it is written, in this
 /// order (see [`Backend::conv2d_epilogue`]).
@@ -145,4 +147,26 @@ pub trait Backend: Send + Sync {
 
     /// Concatenation of two NHWC tensors along channels: `[a, b]`.
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// The fused guidance + scheduler step of one denoising step: for every slot,
+    /// CFG over its rows of `model_out` (`[rows, ..]`), the rescale, the reward
+    /// shift and the scheduler update, from host-side f32 latents, history and noise
+    /// to the next latents and the x̂₀ estimates ([`guided_step`]). The default
+    /// reads the model output back and runs [`guided_step::guided_step_on_host`].
+    fn guided_step(
+        &self,
+        model_out: &Tensor,
+        slots: &[SlotStep],
+        buffers: &StepBuffers,
+    ) -> Result<StepResult> {
+        let rows = model_out.shape().first().copied().unwrap_or(0);
+        guided_step::guided_step_on_host(&self.to_host(model_out)?, rows, slots, buffers)
+    }
+
+    /// Whether the sampler should step through [`Backend::guided_step`] instead of
+    /// reading every model output back (true where the model output lives on a
+    /// device and the step runs there).
+    fn prefers_fused_step(&self) -> bool {
+        false
+    }
 }

@@ -219,6 +219,30 @@ impl RewardGuidance {
         outputs: &mut [f32],
         name_row: &dyn Fn(usize) -> String,
     ) -> Result<GuidedStep> {
+        let (guided, shift) =
+            self.output_shift(reward, shape, scheduler, step, latents, outputs, name_row)?;
+        if let Some(shift) = shift {
+            for (m, &d) in outputs.iter_mut().zip(&shift) {
+                *m += d;
+            }
+        }
+        Ok(guided)
+    }
+
+    /// What [`RewardGuidance::guide`] adds to `outputs`, per element (`None` on a
+    /// step outside the guidance window, where the reward is only evaluated), for
+    /// a fused step that applies it where the model output lives.
+    #[allow(clippy::too_many_arguments)]
+    pub fn output_shift(
+        &self,
+        reward: &dyn Reward,
+        shape: SampleShape,
+        scheduler: &dyn Scheduler,
+        step: usize,
+        latents: &[f32],
+        outputs: &[f32],
+        name_row: &dyn Fn(usize) -> String,
+    ) -> Result<(GuidedStep, Option<Vec<f32>>)> {
         let per = shape.len();
         let rows = shape.count(outputs, "reward guidance")?;
         if latents.len() != outputs.len() {
@@ -236,7 +260,7 @@ impl RewardGuidance {
         if !self.active_at(step) {
             let rewards = reward.evaluate(shape, &x0, None)?;
             check_rewards(&rewards, rows, name_row, step, timestep)?;
-            return Ok(GuidedStep { rewards });
+            return Ok((GuidedStep { rewards }, None));
         }
 
         let alpha_bar = scheduler.alpha_bar(step);
@@ -276,12 +300,13 @@ impl RewardGuidance {
             first_rewards.get_or_insert(rewards);
         }
         let coefficient = output_per_x0_shift(scheduler.prediction_type(), alpha_bar);
-        for (m, &d) in outputs.iter_mut().zip(&shift) {
-            *m += coefficient * d;
+        for d in shift.iter_mut() {
+            *d *= coefficient;
         }
-        Ok(GuidedStep {
+        let guided = GuidedStep {
             rewards: first_rewards.unwrap_or_default(),
-        })
+        };
+        Ok((guided, Some(shift)))
     }
 }
 

@@ -90,6 +90,23 @@ pub struct Sampler<'a> {
     null_class: Option<usize>,
     height: usize,
     width: usize,
+    step_path: StepPath,
+}
+
+/// Where each step's guidance and scheduler update run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepPath {
+    /// [`StepPath::Fused`] on backends that prefer it (CUDA), else [`StepPath::Host`].
+    #[default]
+    Auto,
+    /// The model output is read back; CFG, rescale, reward shift and the scheduler's
+    /// own `step` run on the host in diffusers' exact f32 order.
+    Host,
+    /// One [`Backend::guided_step`] per step from the scheduler's
+    /// [`crate::schedule::LinearStep`] coefficients: the model output stays where
+    /// it is (it is read back only on steps that evaluate a reward). Agrees with
+    /// `Host` to rounding.
+    Fused,
 }
 
 /// How one sample enters the model call of one step.
@@ -120,7 +137,22 @@ impl<'a> Sampler<'a> {
             null_class: unet.num_classes().map(|n| n - 1),
             height,
             width,
+            step_path: StepPath::Auto,
         })
+    }
+
+    /// Chooses where the guidance and scheduler update of each step run.
+    pub fn with_step_path(mut self, path: StepPath) -> Self {
+        self.step_path = path;
+        self
+    }
+
+    fn fused_steps(&self) -> bool {
+        match self.step_path {
+            StepPath::Auto => self.backend.prefers_fused_step(),
+            StepPath::Host => false,
+            StepPath::Fused => true,
+        }
     }
 
     pub fn with_size(mut self, height: usize, width: usize) -> Result<Self> {

@@ -3,9 +3,42 @@
 //! A slot is one particle of one requested sample.
 
 use super::{check_finite, Condition, Rows, SampleSpec, Sampler};
+use crate::backend::SlotStep;
 use crate::error::Result;
 use crate::guidance::cfg;
 use crate::model::UNetInputs;
+use crate::schedule::LinearStep;
+use crate::tensor::Tensor;
+
+/// The model output of one step on the backend, and whose rows are whose.
+pub(crate) struct ModelCall {
+    /// `[uncond rows of the CFG slots ; one cond row per slot, ..]`.
+    pub output: Tensor,
+    /// The unconditional row of each slot that uses CFG at this step.
+    pub uncond_row: Vec<Option<usize>>,
+    /// How many unconditional rows precede the conditional ones.
+    pub cfg_rows: usize,
+}
+
+impl ModelCall {
+    /// One slot's part of the fused step.
+    pub fn slot_step(
+        &self,
+        slot: usize,
+        spec: &SampleSpec,
+        shifted: bool,
+        update: LinearStep,
+    ) -> SlotStep {
+        SlotStep {
+            uncond_row: self.uncond_row[slot],
+            cond_row: self.cfg_rows + slot,
+            cfg_scale: spec.guidance.scale,
+            cfg_rescale: spec.guidance.rescale,
+            shifted,
+            update,
+        }
+    }
+}
 
 /// Who occupies the rows of a run: `particles` consecutive slots per sample.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +85,20 @@ impl Sampler<'_> {
         latents: &[f32],
         tokens: Option<usize>,
     ) -> Result<Vec<f32>> {
+        let call = self.model_call(step, specs, rows, slots, latents, tokens)?;
+        self.guided_outputs(&call, step, specs, slots)
+    }
+
+    /// The batched model call of `step`, its output left on the backend.
+    pub(crate) fn model_call(
+        &self,
+        step: usize,
+        specs: &[SampleSpec],
+        rows: &[Rows],
+        slots: Slots,
+        latents: &[f32],
+        tokens: Option<usize>,
+    ) -> Result<ModelCall> {
         let per_sample = latents.len() / slots.len();
         let channels = self.unet.config().in_channels;
         let sched = self.scheduler;
@@ -115,17 +162,35 @@ impl Sampler<'_> {
                 encoder_hidden_states: encoder.as_ref(),
             },
         )?;
-        let out = self.backend.to_host(&out)?;
-        let row = |r: usize| &out[r * per_sample..(r + 1) * per_sample];
-
         let mut uncond_row = vec![None; slots.len()];
         for (r, &k) in cfg_slots.iter().enumerate() {
             uncond_row[k] = Some(r);
         }
+        Ok(ModelCall {
+            output: out,
+            uncond_row,
+            cfg_rows: cfg_slots.len(),
+        })
+    }
+
+    /// The model output of `call` read back, with CFG (and its rescale) applied per
+    /// slot: one row of guided output per slot.
+    pub(crate) fn guided_outputs(
+        &self,
+        call: &ModelCall,
+        step: usize,
+        specs: &[SampleSpec],
+        slots: Slots,
+    ) -> Result<Vec<f32>> {
+        let timestep = self.scheduler.timestep(step);
+        let out = self.backend.to_host(&call.output)?;
+        let rows = call.cfg_rows + slots.len();
+        let per_sample = out.len() / rows.max(1);
+        let row = |r: usize| &out[r * per_sample..(r + 1) * per_sample];
         let mut outputs = vec![0f32; slots.len() * per_sample];
         for (k, guided) in outputs.chunks_exact_mut(per_sample).enumerate() {
-            let cond = row(cfg_slots.len() + k);
-            match uncond_row[k] {
+            let cond = row(call.cfg_rows + k);
+            match call.uncond_row[k] {
                 Some(u) => {
                     let g = specs[slots.sample_of(k)].guidance;
                     cfg::combine(row(u), cond, g.scale, guided);

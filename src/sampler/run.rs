@@ -10,6 +10,7 @@ use super::model_call::Slots;
 use super::{
     check_finite, Condition, NoiseSource, SampleOutput, SampleSpec, Sampler, StepProgress,
 };
+use crate::backend::StepBuffers;
 use crate::error::{Error, Result};
 use crate::guidance::reward::{renoise, RewardGuidance};
 use crate::reward::{Reward, SampleShape};
@@ -145,6 +146,7 @@ impl Sampler<'_> {
         let mut tracks = vec![PotentialTrack::default(); slots.len()];
         let mut next = vec![0f32; per];
         let mut fresh = vec![0f32; per];
+        let fused = self.fused_steps();
 
         for step in 0..steps {
             let timestep = sched.timestep(step);
@@ -173,6 +175,94 @@ impl Sampler<'_> {
                         states.clone_from(saved);
                     }
                 }
+                let step_noise = |k: usize, fresh: &mut [f32]| -> Result<bool> {
+                    if !sched.needs_noise(step) {
+                        return Ok(false);
+                    }
+                    let stream = if repeat == 0 {
+                        NoiseStream::Step(step as u32)
+                    } else {
+                        NoiseStream::RepeatedStep {
+                            step: step as u32,
+                            repeat: repeat as u32,
+                        }
+                    };
+                    fill(k, stream, fresh)?;
+                    Ok(true)
+                };
+                if fused {
+                    let call = self.model_call(step, specs, &rows, slots, &latents, tokens)?;
+                    let shift = match reward {
+                        Some(reward) => {
+                            let outputs = self.guided_outputs(&call, step, specs, slots)?;
+                            let (guided, shift) = guidance.output_shift(
+                                reward,
+                                shape,
+                                sched,
+                                step,
+                                &latents,
+                                &outputs,
+                                &|k| slots.name(k),
+                            )?;
+                            step_rewards = Some(guided.rewards);
+                            shift
+                        }
+                        None => None,
+                    };
+                    let noise = if sched.needs_noise(step) {
+                        let mut all = vec![0f32; latents.len()];
+                        for (k, z) in all.chunks_exact_mut(per).enumerate() {
+                            step_noise(k, z)?;
+                        }
+                        Some(all)
+                    } else {
+                        None
+                    };
+                    let history = sched.records_history().then(|| {
+                        let mut all = vec![0f32; latents.len()];
+                        for (h, state) in all.chunks_exact_mut(per).zip(&states) {
+                            if let Some(prev) = state.history.last().filter(|p| p.len() == per) {
+                                h.copy_from_slice(prev);
+                            }
+                        }
+                        all
+                    });
+                    let plan = (0..slots.len())
+                        .map(|k| {
+                            let update = sched.linear_step(step, &states[k])?;
+                            let spec = &specs[slots.sample_of(k)];
+                            Ok(call.slot_step(k, spec, shift.is_some(), update))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let result = self.backend.guided_step(
+                        &call.output,
+                        &plan,
+                        &StepBuffers {
+                            latents: &latents,
+                            history: history.as_deref(),
+                            noise: noise.as_deref(),
+                            shift: shift.as_deref(),
+                        },
+                    )?;
+                    for (k, (next, x0)) in result
+                        .next
+                        .chunks_exact(per)
+                        .zip(result.x0.chunks_exact(per))
+                        .enumerate()
+                    {
+                        check_finite(
+                            next,
+                            &|| format!("the fused step's output of {}", slots.name(k)),
+                            step,
+                            timestep,
+                        )?;
+                        if sched.records_history() {
+                            sched.record_history(&mut states[k], x0.to_vec());
+                        }
+                    }
+                    latents = result.next;
+                    continue;
+                }
                 let mut outputs =
                     self.model_outputs(step, specs, &rows, slots, &latents, tokens)?;
                 if let Some(reward) = reward {
@@ -192,21 +282,9 @@ impl Sampler<'_> {
                     .zip(outputs.chunks_exact(per))
                     .enumerate()
                 {
-                    let step_noise = if sched.needs_noise(step) {
-                        let stream = if repeat == 0 {
-                            NoiseStream::Step(step as u32)
-                        } else {
-                            NoiseStream::RepeatedStep {
-                                step: step as u32,
-                                repeat: repeat as u32,
-                            }
-                        };
-                        fill(k, stream, &mut fresh)?;
-                        Some(&fresh[..])
-                    } else {
-                        None
-                    };
-                    sched.step(step, &mut states[k], x, output, step_noise, &mut next)?;
+                    let drew = step_noise(k, &mut fresh)?;
+                    let noise = drew.then_some(&fresh[..]);
+                    sched.step(step, &mut states[k], x, output, noise, &mut next)?;
                     check_finite(
                         &next,
                         &|| format!("the scheduler output of {}", slots.name(k)),

@@ -11,10 +11,12 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
 use super::kernels::{
-    elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, ELEMENTWISE, NORM,
+    elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, ELEMENTWISE,
+    GUIDED_STEP, NORM,
 };
+use crate::backend::guided_step::check_step;
 use crate::backend::shapes::{self, ConvDims};
-use crate::backend::{Backend, Conv2dGeometry};
+use crate::backend::{Backend, Conv2dGeometry, SlotStep, StepBuffers, StepResult};
 use crate::error::{Error, Result};
 use crate::tensor::{CudaData, Precision, Tensor};
 
@@ -649,5 +651,87 @@ impl Backend for CudaBackend {
             l.launch(grid_for(total))
         })?;
         Tensor::from_cuda(&[n, h, w, ca + cb], out)
+    }
+
+    fn prefers_fused_step(&self) -> bool {
+        true
+    }
+
+    /// kernels/guided_step.cu, one block per slot; the host buffers go up as f32
+    /// and the next latents and x̂₀ come back.
+    fn guided_step(
+        &self,
+        model_out: &Tensor,
+        slots: &[SlotStep],
+        buffers: &StepBuffers,
+    ) -> Result<StepResult> {
+        let rows = model_out.shape().first().copied().unwrap_or(0);
+        let per = check_step(model_out.len(), rows, slots, buffers)?;
+        let total = slots.len() * per;
+        let stream = self.device.stream();
+        let upload = |values: &[f32]| {
+            stream
+                .clone_htod(values)
+                .map_err(|e| self.allocation_error(values.len() * 4, e))
+        };
+        // Absent buffers are never read (their weights are 0): one-element stand-ins.
+        let optional = |values: Option<&[f32]>| upload(values.unwrap_or(&[0.0]));
+        let latents = upload(buffers.latents)?;
+        let history = optional(buffers.history)?;
+        let noise = optional(buffers.noise)?;
+        let shift = optional(buffers.shift)?;
+        let mut coeffs = Vec::with_capacity(slots.len() * 11);
+        let mut row_table = Vec::with_capacity(slots.len() * 2);
+        for s in slots {
+            let u = s.update;
+            coeffs.extend_from_slice(&[
+                s.cfg_scale,
+                s.cfg_rescale,
+                u.x0_from_sample,
+                u.x0_from_output,
+                u.clip.unwrap_or(-1.0),
+                u.sample,
+                u.output,
+                u.x0,
+                u.history,
+                u.noise,
+                if s.shifted { 1.0 } else { 0.0 },
+            ]);
+            row_table.push(s.uncond_row.map_or(-1, |r| r as i32));
+            row_table.push(s.cond_row as i32);
+        }
+        let coeffs = upload(&coeffs)?;
+        let row_table = stream
+            .clone_htod(&row_table)
+            .map_err(|e| self.allocation_error(slots.len() * 8, e))?;
+        let mut next = self.scratch_f32(total)?;
+        let mut x0 = self.scratch_f32(total)?;
+        let f = self.function(&GUIDED_STEP, Vec::new(), "guided_step")?;
+        let per32 = u32::try_from(per)
+            .map_err(|_| Error::Cuda(format!("{per} values per sample exceed 32 bits")))?;
+        let mut l = stream.launch_builder(&f);
+        l.arg(&mut next)
+            .arg(&mut x0)
+            .arg(self.data(model_out)?)
+            .arg(&latents)
+            .arg(&history)
+            .arg(&noise)
+            .arg(&shift)
+            .arg(&coeffs)
+            .arg(&row_table)
+            .arg(&per32);
+        let cfg = LaunchConfig {
+            grid_dim: (slots.len() as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: check_step verified every row index and buffer length; the kernel
+        // reads history, noise and shift only where their weight is non-zero, which
+        // check_step ties to a full buffer.
+        drv("launching guided_step", unsafe { l.launch(cfg) })?;
+        Ok(StepResult {
+            next: drv("copying the next latents", stream.clone_dtoh(&next))?,
+            x0: drv("copying x̂₀", stream.clone_dtoh(&x0))?,
+        })
     }
 }

@@ -47,6 +47,12 @@ pub const ATTENTION: KernelSource = KernelSource {
     source: include_str!("../../../kernels/attention.cu"),
 };
 
+/// The fused guidance + scheduler step (see `backend::guided_step`).
+pub const GUIDED_STEP: KernelSource = KernelSource {
+    name: "guided_step",
+    source: include_str!("../../../kernels/guided_step.cu"),
+};
+
 /// Flash attention on tensor cores (`mma.sync`, sm_80+) for f16 and bf16, specialised
 /// per head dimension like [`ATTENTION`], which remains the f32 kernel.
 pub const ATTENTION_MMA: KernelSource = KernelSource {
@@ -55,7 +61,7 @@ pub const ATTENTION_MMA: KernelSource = KernelSource {
 };
 
 /// The files compiled for every element type.
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION, GUIDED_STEP];
 
 /// The head dimensions the tensor-core attention kernel is written for; others
 /// use [`ATTENTION`] in any precision.
