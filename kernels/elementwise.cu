@@ -68,3 +68,36 @@ extern "C" __global__ void concat_channels(elem_t* __restrict__ out, const elem_
 extern "C" __global__ void fill_rows(elem_t* __restrict__ out, const elem_t* __restrict__ row, u32 cols, u64 n) {
     GRID_STRIDE_LOOP(i, n) { out[i] = row[i % cols]; }
 }
+
+// x <- silu(x) and d <- silu'(x) = s (1 + x (1 - s)) of the old values, s = sigmoid(x).
+extern "C" __global__ void silu_with_derivative(elem_t* __restrict__ x, elem_t* __restrict__ d, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = load_elem(x[i]);
+        float denom = 1.0f + expf(-v);
+        float s = 1.0f / denom;
+        d[i] = store_elem(s * (1.0f + v * (1.0f - s)));
+        x[i] = store_elem(v / denom);
+    }
+}
+
+// x <- max(x, 0) (NaN becomes 0, as the CPU's f32::max).
+extern "C" __global__ void relu_inplace(elem_t* __restrict__ x, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = load_elem(x[i]);
+        x[i] = store_elem(v > 0.0f ? v : 0.0f);
+    }
+}
+
+// x <- max(x, 0) and d <- 1 where the old x was positive, else 0.
+extern "C" __global__ void relu_with_derivative(elem_t* __restrict__ x, elem_t* __restrict__ d, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = load_elem(x[i]);
+        d[i] = store_elem(v > 0.0f ? 1.0f : 0.0f);
+        x[i] = store_elem(v > 0.0f ? v : 0.0f);
+    }
+}
+
+// x <- x * y
+extern "C" __global__ void mul_inplace(elem_t* __restrict__ x, const elem_t* __restrict__ y, u64 n) {
+    GRID_STRIDE_LOOP(i, n) { x[i] = store_elem(load_elem(x[i]) * load_elem(y[i])); }
+}

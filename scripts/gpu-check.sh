@@ -71,7 +71,7 @@ PY
     echo "512 images in $(( ($(date +%s%N) - start) / 1000000 )) ms"
 fi
 if [ -f weights/digits/config.json ]; then
-    echo "== reward guidance + Feynman-Kac steering on the GPU (rewards run on the host)"
+    echo "== reward guidance + Feynman-Kac steering on the GPU (the classifier runs there too, in f32)"
     start=$(date +%s%N)
     "$bin" generate --device cuda --class none --reward classifier:3 --particles 4 --steer fk --count 20 \
         --batch 20 --steps 50 --scheduler ddim --seed 1 --out /tmp/gen-steer --overwrite --quiet \

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Backend, Conv2dGeometry, ConvEpilogue, SlotStep, StepBuffers, StepResult};
+use super::{Activation, Backend, Conv2dGeometry, ConvEpilogue, SlotStep, StepBuffers, StepResult};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -160,6 +160,44 @@ impl Backend for CountingBackend<'_> {
     }
     fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()> {
         self.record("add", none, || self.inner.add_assign(x, y, scale))
+    }
+    fn activation_assign(
+        &self,
+        x: &mut Tensor,
+        act: Activation,
+        derivative: bool,
+    ) -> Result<Option<Tensor>> {
+        self.record("activation", none, || {
+            self.inner.activation_assign(x, act, derivative)
+        })
+    }
+    fn mul_assign(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        self.record("mul", none, || self.inner.mul_assign(x, y))
+    }
+    fn avg_pool(&self, x: &Tensor, kernel: usize) -> Result<Tensor> {
+        self.record("avg_pool", none, || self.inner.avg_pool(x, kernel))
+    }
+    fn avg_pool_backward(
+        &self,
+        dy: &Tensor,
+        kernel: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Tensor> {
+        self.record("avg_pool backward", none, || {
+            self.inner.avg_pool_backward(dy, kernel, in_h, in_w)
+        })
+    }
+    fn col2im(
+        &self,
+        dpatches: &Tensor,
+        input: [usize; 4],
+        kernel: (usize, usize),
+        geometry: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        self.record("col2im", none, || {
+            self.inner.col2im(dpatches, input, kernel, geometry)
+        })
     }
     fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
         self.record("channel bias", none, || {

@@ -29,6 +29,13 @@ pub struct ConvEpilogue<'a> {
     pub residual: Option<(&'a Tensor, f32)>,
 }
 
+/// The activations of the reward models' layers (see [`Backend::activation_assign`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    Relu,
+}
+
 /// Stride and zero padding of a 2-D convolution (padding may be asymmetric, as
 /// diffusers' `Downsample2D` with `padding=0` pads only bottom and right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +154,44 @@ pub trait Backend: Send + Sync {
 
     /// Concatenation of two NHWC tensors along channels: `[a, b]`.
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// `x ← act(x)`; with `derivative`, also returns act′ at the old values (SiLU:
+    /// σ(x)·(1 + x·(1 − σ(x))); ReLU: 1 where x > 0, else 0) for a backward pass.
+    fn activation_assign(
+        &self,
+        x: &mut Tensor,
+        act: Activation,
+        derivative: bool,
+    ) -> Result<Option<Tensor>>;
+
+    /// `x ← x ⊙ y`, elementwise; `x` and `y` have the same shape.
+    fn mul_assign(&self, x: &mut Tensor, y: &Tensor) -> Result<()>;
+
+    /// Average pooling of NHWC `x` with window = stride = `kernel`; rows and columns
+    /// that do not fill a window are dropped (PyTorch's default floor mode).
+    fn avg_pool(&self, x: &Tensor, kernel: usize) -> Result<Tensor>;
+
+    /// The input gradient of [`Backend::avg_pool`] over an `in_h × in_w` input, from
+    /// the output gradient `dy`.
+    fn avg_pool_backward(
+        &self,
+        dy: &Tensor,
+        kernel: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Tensor>;
+
+    /// The input gradient of a convolution from its patch gradients: `dpatches` is
+    /// `[n·oh·ow, kh·kw·c_in]` (rows and columns in im2col order, the output gradient
+    /// times the transposed weight matrix); every pixel of the `input` =
+    /// `[n, h, w, c_in]` result sums the patch entries that cover it.
+    fn col2im(
+        &self,
+        dpatches: &Tensor,
+        input: [usize; 4],
+        kernel: (usize, usize),
+        geometry: &Conv2dGeometry,
+    ) -> Result<Tensor>;
 
     /// The fused guidance + scheduler step of one denoising step: for every slot,
     /// CFG over its rows of `model_out` (`[rows, ..]`), the rescale, the reward

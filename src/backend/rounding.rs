@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::cpu::CpuBackend;
-use super::{shapes, Backend, Conv2dGeometry};
+use super::{shapes, Activation, Backend, Conv2dGeometry};
 use crate::error::Result;
 use crate::tensor::{Precision, Tensor};
 
@@ -153,6 +153,46 @@ impl Backend for RoundingBackend {
     fn add_channel_bias_assign(&self, x: &mut Tensor, bias: &Tensor) -> Result<()> {
         self.inner.add_channel_bias_assign(x, bias)?;
         self.round_in_place(x)
+    }
+
+    fn activation_assign(
+        &self,
+        x: &mut Tensor,
+        act: Activation,
+        derivative: bool,
+    ) -> Result<Option<Tensor>> {
+        let d = self.inner.activation_assign(x, act, derivative)?;
+        self.round_in_place(x)?;
+        d.map(|d| self.rounded(Ok(d))).transpose()
+    }
+
+    fn mul_assign(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        self.inner.mul_assign(x, y)?;
+        self.round_in_place(x)
+    }
+
+    fn avg_pool(&self, x: &Tensor, kernel: usize) -> Result<Tensor> {
+        self.rounded(self.inner.avg_pool(x, kernel))
+    }
+
+    fn avg_pool_backward(
+        &self,
+        dy: &Tensor,
+        kernel: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Tensor> {
+        self.rounded(self.inner.avg_pool_backward(dy, kernel, in_h, in_w))
+    }
+
+    fn col2im(
+        &self,
+        dpatches: &Tensor,
+        input: [usize; 4],
+        kernel: (usize, usize),
+        geometry: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        self.rounded(self.inner.col2im(dpatches, input, kernel, geometry))
     }
 
     fn upsample_nearest(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {

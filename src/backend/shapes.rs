@@ -308,3 +308,108 @@ pub fn concat(a: &Tensor, b: &Tensor) -> Result<(usize, usize, usize, usize, usi
     }
     Ok((n, h, w, ca, cb))
 }
+
+/// Sizes of an average pooling with window = stride = `kernel` over NHWC data.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolDims {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub kernel: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl PoolDims {
+    fn new(op: &str, [n, h, w, c]: [usize; 4], kernel: usize) -> Result<Self> {
+        if kernel == 0 || kernel > h || kernel > w {
+            return Err(Error::shape(
+                op,
+                format!("a {kernel}×{kernel} window does not fit a {h}×{w} map"),
+            ));
+        }
+        Ok(PoolDims {
+            batch: n,
+            height: h,
+            width: w,
+            channels: c,
+            kernel,
+            out_height: h / kernel,
+            out_width: w / kernel,
+        })
+    }
+
+    pub fn in_shape(&self) -> [usize; 4] {
+        [self.batch, self.height, self.width, self.channels]
+    }
+
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_height, self.out_width, self.channels]
+    }
+}
+
+pub fn avg_pool(x: &Tensor, kernel: usize) -> Result<PoolDims> {
+    let (n, h, w, c) = x.dims4("avg_pool")?;
+    PoolDims::new("avg_pool", [n, h, w, c], kernel)
+}
+
+/// The pooling whose output gradient `dy` is, for an input of `in_h × in_w`.
+pub fn avg_pool_backward(dy: &Tensor, kernel: usize, in_h: usize, in_w: usize) -> Result<PoolDims> {
+    let op = "avg_pool_backward";
+    let (n, oh, ow, c) = dy.dims4(op)?;
+    let d = PoolDims::new(op, [n, in_h, in_w, c], kernel)?;
+    if (d.out_height, d.out_width) != (oh, ow) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "a {kernel}×{kernel} pooling of {in_h}×{in_w} gives {}×{}, the gradient is {oh}×{ow}",
+                d.out_height, d.out_width
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// The convolution whose patch gradients `dpatches` (`[n·oh·ow, kh·kw·c_in]`) are,
+/// for an input of `input` = `[n, h, w, c_in]`.
+pub fn col2im(
+    dpatches: &Tensor,
+    input: [usize; 4],
+    (kernel_h, kernel_w): (usize, usize),
+    g: &Conv2dGeometry,
+) -> Result<ConvDims> {
+    let op = "col2im";
+    let [batch, height, width, in_channels] = input;
+    let (out_height, out_width) = g
+        .output_size(height, width, kernel_h, kernel_w)
+        .filter(|_| kernel_h > 0 && kernel_w > 0 && in_channels > 0)
+        .ok_or_else(|| {
+            Error::shape(
+                op,
+                format!("a {kernel_h}×{kernel_w} kernel with {g:?} does not fit a {height}×{width} input"),
+            )
+        })?;
+    let d = ConvDims {
+        batch,
+        height,
+        width,
+        in_channels,
+        kernel_h,
+        kernel_w,
+        out_channels: 0,
+        out_height,
+        out_width,
+    };
+    let want = [d.rows(), d.patch_len()];
+    if dpatches.shape() != want {
+        return Err(Error::shape(
+            op,
+            format!(
+                "patch gradients of shape {:?}; an input of {input:?} needs {want:?}",
+                dpatches.shape()
+            ),
+        ));
+    }
+    Ok(d)
+}

@@ -9,6 +9,8 @@ use super::classifier::{Classifier, ClassifierReward};
 use super::ink::InkReward;
 use super::sum::WeightedSum;
 use super::Reward;
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 
 /// Where the classifier the CLI uses by default lives (relative to the repository).
@@ -23,6 +25,8 @@ pub const REWARD_SPEC_FORMS: &str =
 /// `classifier:` spec never touches the classifier folder.
 pub struct RewardContext {
     pub classifier_dir: PathBuf,
+    /// Where a loaded classifier runs (the CPU unless [`RewardContext::with_backend`]).
+    backend: Arc<dyn Backend>,
     classifier: OnceLock<Arc<Classifier>>,
 }
 
@@ -30,8 +34,15 @@ impl RewardContext {
     pub fn new(classifier_dir: impl Into<PathBuf>) -> Self {
         RewardContext {
             classifier_dir: classifier_dir.into(),
+            backend: Arc::new(CpuBackend::new()),
             classifier: OnceLock::new(),
         }
+    }
+
+    /// Runs the classifier on `backend` (e.g. the GPU the sampler uses).
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// The classifier in `classifier_dir`, loaded on first use and shared after.
@@ -39,7 +50,10 @@ impl RewardContext {
         if let Some(c) = self.classifier.get() {
             return Ok(c.clone());
         }
-        let loaded = Arc::new(Classifier::load(&self.classifier_dir)?);
+        let loaded = Arc::new(Classifier::load_on(
+            &self.classifier_dir,
+            self.backend.clone(),
+        )?);
         // If another thread won the race, use its copy (both are the same file).
         Ok(self.classifier.get_or_init(|| loaded).clone())
     }

@@ -15,6 +15,37 @@ pub fn silu_assign(x: &mut [f32]) {
     x.par_chunks_mut(CHUNK).for_each(super::vmath::silu_slice);
 }
 
+/// `x ← silu(x)` (bit-identical to [`silu_assign`]) and `d ← silu'(x)` of the old values.
+pub fn silu_with_derivative(x: &mut [f32], d: &mut [f32]) {
+    x.par_chunks_mut(CHUNK)
+        .zip(d.par_chunks_mut(CHUNK))
+        .for_each(|(x, d)| super::vmath::silu_with_derivative(x, d));
+}
+
+/// `x ← max(x, 0)`; with `derivative`, also 1 where the old value was positive, else 0.
+pub fn relu_assign(x: &mut [f32], derivative: Option<&mut [f32]>) {
+    match derivative {
+        None => x
+            .par_chunks_mut(CHUNK)
+            .for_each(|x| x.iter_mut().for_each(|v| *v = v.max(0.0))),
+        Some(d) => x
+            .par_chunks_mut(CHUNK)
+            .zip(d.par_chunks_mut(CHUNK))
+            .for_each(|(x, d)| {
+                for (v, d) in x.iter_mut().zip(d) {
+                    *d = if *v > 0.0 { 1.0 } else { 0.0 };
+                    *v = v.max(0.0);
+                }
+            }),
+    }
+}
+
+pub fn mul_assign(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a *= b));
+}
+
 pub fn add_assign(x: &mut [f32], y: &[f32], scale: f32) {
     x.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK))

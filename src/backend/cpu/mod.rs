@@ -4,18 +4,20 @@
 
 mod attention;
 mod attention_simd;
+mod col2im;
 mod conv;
 pub mod elementwise;
 mod epilogue;
 pub mod matmul;
 mod norm;
+mod pool2d;
 mod shared_out;
 pub mod small_gemm;
 pub mod vmath;
 mod winograd;
 
 use crate::backend::shapes::{self, ConvDims};
-use crate::backend::{Backend, Conv2dGeometry, ConvEpilogue};
+use crate::backend::{Activation, Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use epilogue::Epilogue;
@@ -136,6 +138,77 @@ impl Backend for CpuBackend {
     fn silu_assign(&self, x: &mut Tensor) -> Result<()> {
         elementwise::silu_assign(x.cpu_data_mut()?);
         Ok(())
+    }
+
+    fn activation_assign(
+        &self,
+        x: &mut Tensor,
+        act: Activation,
+        derivative: bool,
+    ) -> Result<Option<Tensor>> {
+        let shape = x.shape().to_vec();
+        let data = x.cpu_data_mut()?;
+        match (act, derivative) {
+            (Activation::Silu, false) => {
+                elementwise::silu_assign(data);
+                Ok(None)
+            }
+            (Activation::Silu, true) => {
+                let mut d = crate::tensor::pool::for_overwrite(data.len());
+                elementwise::silu_with_derivative(data, &mut d);
+                Tensor::from_vec(&shape, d).map(Some)
+            }
+            (Activation::Relu, false) => {
+                elementwise::relu_assign(data, None);
+                Ok(None)
+            }
+            (Activation::Relu, true) => {
+                let mut d = crate::tensor::pool::for_overwrite(data.len());
+                elementwise::relu_assign(data, Some(&mut d));
+                Tensor::from_vec(&shape, d).map(Some)
+            }
+        }
+    }
+
+    fn mul_assign(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        shapes::same_shape("mul", x, y)?;
+        elementwise::mul_assign(x.cpu_data_mut()?, y.cpu_data()?);
+        Ok(())
+    }
+
+    fn avg_pool(&self, x: &Tensor, kernel: usize) -> Result<Tensor> {
+        let d = shapes::avg_pool(x, kernel)?;
+        let shape = d.out_shape();
+        let mut out = crate::tensor::pool::for_overwrite(shape.iter().product());
+        pool2d::avg_pool(x.cpu_data()?, &mut out, &d);
+        Tensor::from_vec(&shape, out)
+    }
+
+    fn avg_pool_backward(
+        &self,
+        dy: &Tensor,
+        kernel: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Tensor> {
+        let d = shapes::avg_pool_backward(dy, kernel, in_h, in_w)?;
+        let shape = d.in_shape();
+        let mut dx = crate::tensor::pool::for_overwrite(shape.iter().product());
+        pool2d::avg_pool_backward(dy.cpu_data()?, &mut dx, &d);
+        Tensor::from_vec(&shape, dx)
+    }
+
+    fn col2im(
+        &self,
+        dpatches: &Tensor,
+        input: [usize; 4],
+        kernel: (usize, usize),
+        geometry: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        let d = shapes::col2im(dpatches, input, kernel, geometry)?;
+        let mut dx = crate::tensor::pool::for_overwrite(input.iter().product());
+        col2im::col2im(dpatches.cpu_data()?, &mut dx, &d, geometry);
+        Tensor::from_vec(&input, dx)
     }
 
     fn add_assign(&self, x: &mut Tensor, y: &Tensor, scale: f32) -> Result<()> {

@@ -12,11 +12,11 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use super::device::CudaDevice;
 use super::kernels::{
     elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, ELEMENTWISE,
-    GUIDED_STEP, NORM,
+    GUIDED_STEP, NORM, POOL,
 };
 use crate::backend::guided_step::check_step;
 use crate::backend::shapes::{self, ConvDims};
-use crate::backend::{Backend, Conv2dGeometry, SlotStep, StepBuffers, StepResult};
+use crate::backend::{Activation, Backend, Conv2dGeometry, SlotStep, StepBuffers, StepResult};
 use crate::error::{Error, Result};
 use crate::tensor::{CudaData, Precision, Tensor};
 
@@ -359,6 +359,41 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// kernels/pool.cu's `name` (avg_pool or its backward) over `d`, `total` elements out.
+    fn launch_pool(
+        &self,
+        name: &str,
+        out: &mut CudaData,
+        x: &CudaData,
+        d: &shapes::PoolDims,
+        total: u64,
+    ) -> Result<()> {
+        let f = self.function(&POOL, Vec::new(), name)?;
+        let dims = [
+            d.height,
+            d.width,
+            d.channels,
+            d.kernel,
+            d.out_height,
+            d.out_width,
+        ]
+        .map(|v| v as u32);
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(out).arg(x);
+        for v in &dims {
+            l.arg(v);
+        }
+        l.arg(&total);
+        // SAFETY: out holds `total` elements; the kernel's indices stay inside the
+        // pooling's input and output shapes, which the caller checked.
+        drv(&format!("launching {name}"), unsafe {
+            l.launch(grid_for(total))
+        })
+        .map(|_| ())
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         match self.precision {
@@ -651,6 +686,111 @@ impl Backend for CudaBackend {
             l.launch(grid_for(total))
         })?;
         Tensor::from_cuda(&[n, h, w, ca + cb], out)
+    }
+
+    fn activation_assign(
+        &self,
+        x: &mut Tensor,
+        act: Activation,
+        derivative: bool,
+    ) -> Result<Option<Tensor>> {
+        let total = x.len() as u64;
+        let name = match (act, derivative) {
+            (Activation::Silu, false) => "silu_inplace",
+            (Activation::Silu, true) => "silu_with_derivative",
+            (Activation::Relu, false) => "relu_inplace",
+            (Activation::Relu, true) => "relu_with_derivative",
+        };
+        let f = self.function(&ELEMENTWISE, Vec::new(), name)?;
+        let mut d = if derivative {
+            Some(self.output(x.len())?)
+        } else {
+            None
+        };
+        let shape = x.shape().to_vec();
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(self.data_mut(x)?);
+        if let Some(d) = d.as_mut() {
+            l.arg(d);
+        }
+        l.arg(&total);
+        // SAFETY: x (and d) hold `total` elements.
+        drv(&format!("launching {name}"), unsafe {
+            l.launch(grid_for(total))
+        })?;
+        d.map(|d| Tensor::from_cuda(&shape, d)).transpose()
+    }
+
+    fn mul_assign(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
+        shapes::same_shape("mul", x, y)?;
+        let total = x.len() as u64;
+        let f = self.function(&ELEMENTWISE, Vec::new(), "mul_inplace")?;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(self.data_mut(x)?).arg(self.data(y)?).arg(&total);
+        // SAFETY: x and y hold `total` elements.
+        drv("launching mul_inplace", unsafe {
+            l.launch(grid_for(total))
+        })
+        .map(|_| ())
+    }
+
+    fn avg_pool(&self, x: &Tensor, kernel: usize) -> Result<Tensor> {
+        let d = shapes::avg_pool(x, kernel)?;
+        let shape = d.out_shape();
+        let total = shape.iter().product::<usize>() as u64;
+        let mut out = self.output(total as usize)?;
+        self.launch_pool("avg_pool", &mut out, self.data(x)?, &d, total)?;
+        Tensor::from_cuda(&shape, out)
+    }
+
+    fn avg_pool_backward(
+        &self,
+        dy: &Tensor,
+        kernel: usize,
+        in_h: usize,
+        in_w: usize,
+    ) -> Result<Tensor> {
+        let d = shapes::avg_pool_backward(dy, kernel, in_h, in_w)?;
+        let shape = d.in_shape();
+        let total = shape.iter().product::<usize>() as u64;
+        let mut dx = self.output(total as usize)?;
+        self.launch_pool("avg_pool_backward", &mut dx, self.data(dy)?, &d, total)?;
+        Tensor::from_cuda(&shape, dx)
+    }
+
+    fn col2im(
+        &self,
+        dpatches: &Tensor,
+        input: [usize; 4],
+        kernel: (usize, usize),
+        geometry: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        let d = shapes::col2im(dpatches, input, kernel, geometry)?;
+        let total = input.iter().product::<usize>() as u64;
+        let mut dx = self.output(total as usize)?;
+        let f = self.function(&CONV, Vec::new(), "col2im")?;
+        let dims = [
+            d.height,
+            d.width,
+            d.in_channels,
+            d.kernel_h,
+            d.kernel_w,
+            geometry.stride,
+            geometry.pad_top,
+            geometry.pad_left,
+            d.out_height,
+            d.out_width,
+        ]
+        .map(|v| v as u32);
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut dx).arg(self.data(dpatches)?);
+        for v in &dims {
+            l.arg(v);
+        }
+        l.arg(&total);
+        // SAFETY: dx holds the input's elements, dpatches [n·oh·ow, kh·kw·c_in] (checked).
+        drv("launching col2im", unsafe { l.launch(grid_for(total)) })?;
+        Tensor::from_cuda(&input, dx)
     }
 
     fn prefers_fused_step(&self) -> bool {

@@ -47,6 +47,12 @@ pub const ATTENTION: KernelSource = KernelSource {
     source: include_str!("../../../kernels/attention.cu"),
 };
 
+/// Average pooling and its gradient (the reward classifier's).
+pub const POOL: KernelSource = KernelSource {
+    name: "pool",
+    source: include_str!("../../../kernels/pool.cu"),
+};
+
 /// The fused guidance + scheduler step (see `backend::guided_step`).
 pub const GUIDED_STEP: KernelSource = KernelSource {
     name: "guided_step",
@@ -61,7 +67,7 @@ pub const ATTENTION_MMA: KernelSource = KernelSource {
 };
 
 /// The files compiled for every element type.
-pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION, GUIDED_STEP];
+pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION, POOL, GUIDED_STEP];
 
 /// The head dimensions the tensor-core attention kernel is written for; others
 /// use [`ATTENTION`] in any precision.

@@ -20,7 +20,7 @@ use super::kernels::{
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::rounding::RoundingBackend;
-use crate::backend::{Backend, Conv2dGeometry};
+use crate::backend::{Activation, Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::model::{ModelFolder, UNetInputs};
 use crate::rng::{normal_vec, NoiseStream};
@@ -304,6 +304,9 @@ pub fn run(
         }
         push(guided_step_check(&refs, &gpu)?);
         for model in models {
+            if let Some(r) = classifier_check(&refs, ordinal, precision, model)? {
+                push(r);
+            }
             push(unet_check(&refs, &gpu, model)?);
             if let Some(r) = sample_check(&refs, &gpu, model)? {
                 push(r);
@@ -505,6 +508,79 @@ fn op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         Work::Bytes(ew_bytes * 5.0),
         &|b, t| b.upsample_nearest(&t[0], 127, 129).map(Some),
     )?);
+    // The reward classifier's ops (forward and backward).
+    let act = Inputs::random(&[&[32, 28, 28, 32], &[32, 28, 28, 32]], 950);
+    let act_bytes = 4.0 * 32.0 * 28.0 * 28.0 * 32.0;
+    for (name, kind) in [("silu", Activation::Silu), ("relu", Activation::Relu)] {
+        out.push(check_op(
+            refs,
+            gpu,
+            &format!("{name} derivative"),
+            &act,
+            Work::Bytes(act_bytes * 3.0),
+            &move |b, t| b.activation_assign(&mut t[0], kind, true),
+        )?);
+    }
+    out.push(check_op(
+        refs,
+        gpu,
+        "relu (in place)",
+        &act,
+        Work::Bytes(act_bytes * 2.0),
+        &|b, t| {
+            b.activation_assign(&mut t[0], Activation::Relu, false)?;
+            Ok(None)
+        },
+    )?);
+    out.push(check_op(
+        refs,
+        gpu,
+        "mul (in place)",
+        &act,
+        Work::Bytes(act_bytes * 3.0),
+        &|b, t| {
+            let (x, rest) = t.split_at_mut(1);
+            b.mul_assign(&mut x[0], &rest[0])?;
+            Ok(None)
+        },
+    )?);
+    let pool_in = Inputs::random(&[&[32, 29, 27, 32]], 960);
+    out.push(check_op(
+        refs,
+        gpu,
+        "avg_pool 2 (29×27 → 14×13)",
+        &pool_in,
+        Work::Bytes(4.0 * 32.0 * 32.0 * (29.0 * 27.0 + 14.0 * 13.0)),
+        &|b, t| b.avg_pool(&t[0], 2).map(Some),
+    )?);
+    let pool_grad = Inputs::random(&[&[32, 14, 13, 32]], 970);
+    out.push(check_op(
+        refs,
+        gpu,
+        "avg_pool backward",
+        &pool_grad,
+        Work::Bytes(4.0 * 32.0 * 32.0 * (29.0 * 27.0 + 14.0 * 13.0)),
+        &|b, t| b.avg_pool_backward(&t[0], 2, 29, 27).map(Some),
+    )?);
+    // A 3×3 stride-2 convolution's patch gradients over a 32×14×14×32 input.
+    let col = Inputs::random(&[&[32 * 7 * 7, 9 * 32]], 980);
+    out.push(check_op(
+        refs,
+        gpu,
+        "col2im 3×3 s2 p1",
+        &col,
+        Work::Bytes(4.0 * 32.0 * (49.0 * 288.0 + 196.0 * 32.0)),
+        &|b, t| {
+            b.col2im(
+                &t[0],
+                [32, 14, 14, 32],
+                (3, 3),
+                &Conv2dGeometry::symmetric(2, 1),
+            )
+            .map(Some)
+        },
+    )?);
+
     let cat = Inputs::random(&[&[2, 32, 32, 320], &[2, 32, 32, 640]], 900);
     out.push(check_op(
         refs,
@@ -738,4 +814,55 @@ fn guided_step_check(refs: &References, gpu: &CudaBackend) -> Result<CheckResult
             bytes as f64 / 1e6
         ),
     })
+}
+
+/// The reward classifier next to a model folder (`../digit-classifier`, as
+/// `generate` finds it), loaded on the GPU: log-probabilities and their input
+/// gradients for 64 random images against the CPU.
+fn classifier_check(
+    refs: &References,
+    ordinal: usize,
+    precision: Precision,
+    model: &Path,
+) -> Result<Option<CheckResult>> {
+    use crate::reward::classifier::Classifier;
+    use std::sync::Arc;
+
+    let dir = model.with_file_name("digit-classifier");
+    if !dir.join("config.json").is_file() {
+        return Ok(None);
+    }
+    let n = 64;
+    let run = |backend: Arc<dyn Backend>| -> Result<Vec<f32>> {
+        let classifier = Classifier::load_on(&dir, backend)?;
+        let per = classifier.input_shape().len();
+        let x: Vec<f32> = normal_vec(1200, NoiseStream::Custom(1 << 57), n * per)
+            .iter()
+            .map(|v| 0.5 * v)
+            .collect();
+        let classes: Vec<usize> = (0..n).map(|i| i % classifier.num_classes()).collect();
+        let mut grad = vec![0f32; x.len()];
+        let log_probs = classifier.log_prob_and_grad(&x, &classes, Some(&mut grad))?;
+        Ok(log_probs.into_iter().chain(grad).collect())
+    };
+    let reference = run(Arc::new(CpuBackend::new()))?;
+    let (tolerance, plain_note) = match &refs.plain {
+        None => (1e-5, String::new()),
+        Some(_) => {
+            let plain = run(Arc::new(RoundingBackend::new(precision)))?;
+            let err = rel_l2(&plain, &reference);
+            (2.0 * err, format!("plain {err:.1e}; "))
+        }
+    };
+    let started = Instant::now();
+    let out = run(Arc::new(CudaBackend::new(ordinal, precision)?))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(Some(CheckResult {
+        name: format!("[{precision}] reward classifier fwd + bwd"),
+        rel_l2: Some(rel_l2(&out, &reference)),
+        tolerance: Some(tolerance),
+        note: format!(
+            "{plain_note}{n} images: log p and ∂/∂x, {ms:.1} ms incl. load and kernel compiles"
+        ),
+    }))
 }

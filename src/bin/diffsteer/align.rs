@@ -3,7 +3,9 @@
 //! argument errors back to the flags that set them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use diffsteer::backend::Backend;
 use diffsteer::guidance::reward::{RewardForm, RewardGuidance, RhoSchedule};
 use diffsteer::guidance::GuidanceInterval;
 use diffsteer::reward::{parse_reward_specs, RewardContext, WeightedSum};
@@ -11,7 +13,7 @@ use diffsteer::schedule::SchedulerKind;
 use diffsteer::steer::{Potential, SteerMethod, Steering};
 use diffsteer::Error;
 
-use crate::args::{AlignArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SteerArg};
+use crate::args::{AlignArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SteerArg, TargetArgs};
 use crate::usage_error::{usage, CliError};
 
 /// The resolved alignment of a run.
@@ -80,13 +82,32 @@ fn interval(window: Option<(usize, usize)>) -> GuidanceInterval {
 }
 
 /// Where `classifier:` rewards load from: `--classifier`, else the default next to
-/// the model folder. One context loads the classifier once for every resolve.
-pub fn reward_context(args: &AlignArgs, model_dir: &Path) -> RewardContext {
-    RewardContext::new(
+/// the model folder. One context loads the classifier once for every resolve. With
+/// rewards on a GPU run, the classifier runs on that GPU too.
+pub fn reward_context(
+    args: &AlignArgs,
+    model_dir: &Path,
+    target: &TargetArgs,
+) -> Result<RewardContext, CliError> {
+    let ctx = RewardContext::new(
         args.classifier
             .clone()
             .unwrap_or_else(|| default_classifier_dir(model_dir)),
-    )
+    );
+    if args.rewards.is_empty() {
+        return Ok(ctx);
+    }
+    Ok(ctx.with_backend(classifier_backend(target)?))
+}
+
+/// The backend a reward classifier runs on for `target`: the same device, in f32
+/// whatever `--dtype` (its gradient steers every step; it is small).
+pub fn classifier_backend(target: &TargetArgs) -> Result<Arc<dyn Backend>, CliError> {
+    let f32_target = TargetArgs {
+        dtype: diffsteer::tensor::Precision::F32,
+        ..*target
+    };
+    Ok(Arc::from(crate::generate::make_backend(&f32_target)?))
 }
 
 /// Resolves the alignment flags of a run with `num_steps` steps.

@@ -374,7 +374,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     if let Source::Folder { dir, .. } = &source {
         let classifier_dir = crate::align::default_classifier_dir(dir);
         let shape = SampleShape::new(h, w, channels);
-        let reward = Classifier::load(&classifier_dir)
+        let classifier_backend = crate::align::classifier_backend(&args.target)?;
+        let reward = Classifier::load_on(&classifier_dir, classifier_backend)
             .and_then(|c| ClassifierReward::new(std::sync::Arc::new(c), 0))
             .and_then(|r| r.check_shape(shape).map(|()| r));
         let cfg_s = results

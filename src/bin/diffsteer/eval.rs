@@ -167,7 +167,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         .ok_or_else(|| usage("--model", "the model config has no sample_size"))?;
     let shape = SampleShape::new(height, width, unet.config().in_channels);
 
-    let reward_ctx = align::reward_context(&args.align, &model_dir);
+    let reward_ctx = align::reward_context(&args.align, &model_dir, &args.target)?;
     // Resolve every setting before any sampling, so bad input costs nothing.
     let first_target = args
         .targets

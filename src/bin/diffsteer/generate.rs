@@ -163,7 +163,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), CliError> {
         .scheduler
         .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
         .unwrap_or(SchedulerArg::Ddim);
-    let rewards = align::reward_context(&args.align, &model_dir);
+    let rewards = align::reward_context(&args.align, &model_dir, &args.target)?;
     let setup = align::resolve(&args.align, &rewards, args.steps)?;
     let eta = align::resolve_eta(&setup, args.eta, scheduler_arg.kind())?;
     let options = ScheduleOptions {

@@ -23,25 +23,22 @@
 //! PyTorch's without any per-call transposes. The input gradient of a convolution is
 //! col2im of one GEMM (the output gradient times the transposed `[k·k·c_in, c_out]`
 //! weight gives every patch's gradient; each input pixel then sums the patches that
-//! cover it), and that of a linear layer a product with the transposed weight; the
-//! transposes are prepared at load time and the GEMMs run on the backend's SIMD
-//! `linear`, as the forward does.
+//! cover it: `Backend::col2im`), and that of a linear layer a product with the
+//! transposed weight; the transposes are prepared at load time.
 //!
-//! Everything runs on the CPU backend: a forward + backward of the shipped classifier
-//! costs a few percent of a U-Net forward at the same batch (`cargo bench --bench
-//! reward`), so even a GPU sampler can copy x₀ to the host for it.
+//! Every layer, forward and backward, runs as ops of a [`Backend`] chosen at load
+//! time (the CPU by default; [`Classifier::load_on`] takes another, e.g. the GPU a
+//! sampler runs on); only the log-softmax of the logits runs on the host, in f64.
 
 mod config;
 mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::{check_gradient_buffer, Reward, SampleShape};
-use crate::backend::cpu::{vmath, CpuBackend};
-use crate::backend::{Backend, Conv2dGeometry};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Activation, Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use config::{parse_config, LayerKind};
@@ -58,7 +55,8 @@ pub struct Classifier {
     range: Option<(f32, f32)>,
     num_classes: usize,
     layers: Vec<Layer>,
-    pool: Pool,
+    /// Where the weights live and every layer runs.
+    backend: Arc<dyn Backend>,
 }
 
 /// The per-sample shape of an activation.
@@ -75,13 +73,6 @@ enum Dims {
 }
 
 impl Dims {
-    fn len(&self) -> usize {
-        match *self {
-            Dims::Map { h, w, c } => h * w * c,
-            Dims::Flat { features, .. } => features,
-        }
-    }
-
     /// The tensor shape of `n` samples.
     fn shape(&self, n: usize) -> Vec<usize> {
         match *self {
@@ -107,8 +98,6 @@ struct Conv {
     /// `[c_out, k·k·c_in]`: the transposed im2col weight matrix, for the input gradient.
     weight_t: Tensor,
     kernel: usize,
-    padding: usize,
-    stride: usize,
 }
 
 struct Linear {
@@ -134,14 +123,9 @@ struct Layer {
     output: Dims,
 }
 
-/// What the backward pass of a layer needs from the forward pass.
-enum Saved {
-    None,
-    /// silu'(x) of the layer's input.
-    Derivative(Vec<f32>),
-    /// Where the ReLU's input was positive.
-    Mask(Vec<bool>),
-}
+/// What the backward pass of a layer needs from the forward pass: an activation's
+/// derivative at its input (`None` for the other layers).
+type Saved = Option<Tensor>;
 
 impl Classifier {
     /// Loads and validates a classifier folder (`config.json` + `model.safetensors`).
@@ -150,6 +134,12 @@ impl Classifier {
     /// wrongly shaped tensor, a non-finite weight — is an error naming the file and
     /// the tensor; config errors name the file and the layer index.
     pub fn load(dir: &Path) -> Result<Classifier> {
+        Self::load_on(dir, Arc::new(CpuBackend::new()))
+    }
+
+    /// [`Classifier::load`] with the weights on `backend`, where every call then runs.
+    pub fn load_on(dir: &Path, backend: Arc<dyn Backend>) -> Result<Classifier> {
+        let b = backend.as_ref();
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| Error::io(&config_path, "cannot read classifier config", e))?;
@@ -171,14 +161,14 @@ impl Classifier {
                     padding,
                     bias,
                 } => Op::Conv(load_conv(
-                    &weights, spec, name, *cin, *cout, *kernel, *stride, *padding, *bias,
+                    b, &weights, spec, name, *cin, *cout, *kernel, *stride, *padding, *bias,
                 )?),
                 LayerKind::Linear {
                     name,
                     fin,
                     fout,
                     bias,
-                } => Op::Linear(load_linear(&weights, spec, name, *fin, *fout, *bias)?),
+                } => Op::Linear(load_linear(b, &weights, spec, name, *fin, *fout, *bias)?),
                 LayerKind::Silu => Op::Silu,
                 LayerKind::Relu => Op::Relu,
                 LayerKind::AvgPool { kernel } => Op::AvgPool { kernel: *kernel },
@@ -197,8 +187,13 @@ impl Classifier {
             range: config.range,
             num_classes: config.num_classes,
             layers,
-            pool: Pool::default(),
+            backend,
         })
+    }
+
+    /// The backend the classifier runs on.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
     /// The folder it was loaded from (for messages and metadata).
@@ -308,12 +303,8 @@ impl Classifier {
         }
         if let Some(g) = grad {
             let dx = self.backward(dlogits, n, saved)?;
-            let finite = ensure_finite("classifier gradient", &dx, self.input.len());
-            if finite.is_ok() {
-                g.copy_from_slice(&dx);
-            }
-            self.pool.give(dx);
-            finite?;
+            ensure_finite("classifier gradient", &dx, self.input.len())?;
+            g.copy_from_slice(&dx);
         }
         Ok(log_probs)
     }
@@ -338,130 +329,68 @@ impl Classifier {
 
     /// Runs every layer; with `keep`, also returns what each layer's backward needs.
     fn forward(&self, x: &[f32], n: usize, keep: bool) -> Result<(Vec<f32>, Vec<Saved>)> {
-        let b = CpuBackend::new();
-        let mut input = self.pool.take(x.len());
-        input.copy_from_slice(x);
-        let mut cur = Tensor::from_vec(&self.input_dims().shape(n), input)?;
+        let b = self.backend.as_ref();
+        let mut cur = b.tensor(&self.input_dims().shape(n), x.to_vec())?;
         let mut saved = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
         for layer in &self.layers {
-            let mut keep_this = Saved::None;
-            let (input, output) = (layer.input, layer.output);
+            let mut keep_this = None;
             cur = match &layer.op {
-                Op::Conv(c) => {
-                    let out = b.conv2d(&cur, &c.weight, c.bias.as_ref(), &c.geometry)?;
-                    self.recycle(cur);
-                    out
-                }
-                Op::Linear(l) => {
-                    let out = b.linear(&cur, &l.weight, l.bias.as_ref())?;
-                    self.recycle(cur);
-                    out
-                }
-                Op::Silu => {
-                    if keep {
-                        let mut d = self.pool.take(cur.len());
-                        silu(cur.cpu_data_mut()?, Some(&mut d));
-                        keep_this = Saved::Derivative(d);
-                    } else {
-                        silu(cur.cpu_data_mut()?, None);
-                    }
+                Op::Conv(c) => b.conv2d(&cur, &c.weight, c.bias.as_ref(), &c.geometry)?,
+                Op::Linear(l) => b.linear(&cur, &l.weight, l.bias.as_ref())?,
+                Op::Silu | Op::Relu => {
+                    let act = match layer.op {
+                        Op::Silu => Activation::Silu,
+                        _ => Activation::Relu,
+                    };
+                    keep_this = b.activation_assign(&mut cur, act, keep)?;
                     cur
                 }
-                Op::Relu => {
-                    let data = cur.cpu_data_mut()?;
-                    if keep {
-                        keep_this = Saved::Mask(data.iter().map(|&v| v > 0.0).collect());
-                    }
-                    data.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(|chunk| {
-                        chunk.iter_mut().for_each(|v| *v = v.max(0.0));
-                    });
-                    cur
-                }
-                Op::AvgPool { kernel } => {
-                    let mut out = self.pool.take(n * output.len());
-                    avg_pool(cur.cpu_data()?, &mut out, n, input, output, *kernel);
-                    self.recycle(cur);
-                    Tensor::from_vec(&output.shape(n), out)?
-                }
-                Op::Flatten => cur.reshape(&output.shape(n))?,
+                Op::AvgPool { kernel } => b.avg_pool(&cur, *kernel)?,
+                Op::Flatten => cur.reshape(&layer.output.shape(n))?,
             };
             if keep {
                 saved.push(keep_this);
             }
         }
-        Ok((cur.into_cpu_vec()?, saved))
+        Ok((b.to_host(&cur)?, saved))
     }
 
     /// ∂/∂x of `Σ_i dlogits_i · logits_i`, given the forward pass's `saved` values.
-    /// The result's storage belongs to the pool: hand it back with `pool.give`.
     fn backward(&self, dlogits: Vec<f32>, n: usize, saved: Vec<Saved>) -> Result<Vec<f32>> {
-        let b = CpuBackend::new();
+        let b = self.backend.as_ref();
         let last = self.layers.last().map_or(self.input_dims(), |l| l.output);
-        let mut g = Tensor::from_vec(&last.shape(n), dlogits)?;
+        let mut g = b.tensor(&last.shape(n), dlogits)?;
         for (layer, saved) in self.layers.iter().zip(saved).rev() {
             let (input, output) = (layer.input, layer.output);
             g = match (&layer.op, saved) {
-                (Op::Linear(l), _) => {
-                    let dx = b.linear(&g, &l.weight_t, None)?;
-                    self.recycle(g);
-                    dx
-                }
+                (Op::Linear(l), _) => b.linear(&g, &l.weight_t, None)?,
                 (Op::Conv(c), _) => {
-                    // col2im: the gradient of every input patch is dy·Wᵀ (one GEMM
-                    // over all output pixels), then each patch adds into its pixels.
+                    // The gradient of every input patch is dy·Wᵀ (one GEMM over all
+                    // output pixels); col2im adds each patch into its pixels.
                     let (oh, ow, cout) = map_dims(output);
                     let dy = g.reshape(&[n * oh * ow, cout])?;
                     let dpatches = b.linear(&dy, &c.weight_t, None)?;
-                    self.recycle(dy);
-                    let mut dx = self.pool.take(n * input.len());
-                    col2im(dpatches.cpu_data()?, &mut dx, n, c, input, output);
-                    self.recycle(dpatches);
-                    Tensor::from_vec(&input.shape(n), dx)?
+                    let (h, w, cin) = map_dims(input);
+                    b.col2im(&dpatches, [n, h, w, cin], (c.kernel, c.kernel), &c.geometry)?
                 }
-                (Op::Silu, Saved::Derivative(d)) => {
-                    g.cpu_data_mut()?
-                        .par_chunks_mut(ELEMENTWISE_CHUNK)
-                        .zip(d.par_chunks(ELEMENTWISE_CHUNK))
-                        .for_each(|(g, d)| g.iter_mut().zip(d).for_each(|(g, d)| *g *= d));
-                    self.pool.give(d);
-                    g
-                }
-                (Op::Relu, Saved::Mask(m)) => {
-                    g.cpu_data_mut()?
-                        .par_chunks_mut(ELEMENTWISE_CHUNK)
-                        .zip(m.par_chunks(ELEMENTWISE_CHUNK))
-                        .for_each(|(g, m)| {
-                            g.iter_mut().zip(m).for_each(|(g, &m)| {
-                                if !m {
-                                    *g = 0.0
-                                }
-                            })
-                        });
+                (Op::Silu | Op::Relu, Some(derivative)) => {
+                    b.mul_assign(&mut g, &derivative)?;
                     g
                 }
                 (Op::AvgPool { kernel }, _) => {
-                    let mut dx = self.pool.take(n * input.len());
-                    avg_pool_backward(g.cpu_data()?, &mut dx, n, input, output, *kernel);
-                    self.recycle(g);
-                    Tensor::from_vec(&input.shape(n), dx)?
+                    let (h, w, _) = map_dims(input);
+                    b.avg_pool_backward(&g, *kernel, h, w)?
                 }
                 (Op::Flatten, _) => g.reshape(&input.shape(n))?,
-                (Op::Silu | Op::Relu, _) => {
+                (Op::Silu | Op::Relu, None) => {
                     return Err(Error::shape(
                         "classifier backward",
-                        "an activation's forward values were not kept (internal error)",
+                        "an activation's derivative was not kept (internal error)",
                     ))
                 }
             };
         }
-        g.into_cpu_vec()
-    }
-
-    /// Returns a spent activation's storage to the pool.
-    fn recycle(&self, t: Tensor) {
-        if let Ok(v) = t.into_cpu_vec() {
-            self.pool.give(v);
-        }
+        b.to_host(&g)
     }
 
     fn input_dims(&self) -> Dims {
@@ -473,162 +402,12 @@ impl Classifier {
     }
 }
 
-/// Elements per rayon task of the cheap elementwise passes.
-const ELEMENTWISE_CHUNK: usize = 1 << 14;
-
-/// `x ← silu(x)`; with `derivative`, also `derivative ← silu'(x)` of the old values.
-/// Both variants give bit-identical values (see `vmath::silu_with_derivative`).
-fn silu(x: &mut [f32], derivative: Option<&mut [f32]>) {
-    match derivative {
-        None => x
-            .par_chunks_mut(ELEMENTWISE_CHUNK)
-            .for_each(vmath::silu_slice),
-        Some(d) => x
-            .par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(d.par_chunks_mut(ELEMENTWISE_CHUNK))
-            .for_each(|(x, d)| vmath::silu_with_derivative(x, d)),
-    }
-}
-
-/// Activation buffers kept between calls. The sampler calls the classifier at every
-/// step with the same shapes; multi-megabyte buffers freed to the allocator tend to go
-/// back to the OS and cost a page fault per 4 KiB when allocated again (measured: up
-/// to ~40% of a batch-32 forward + backward on the 2-core development machine).
-#[derive(Default)]
-struct Pool(Mutex<Vec<Vec<f32>>>);
-
-/// Buffers smaller than this are not worth keeping.
-const POOL_MIN_FLOATS: usize = 1 << 14;
-/// At most this many floats are kept (64 MiB; a batch-32 forward + backward of the
-/// shipped classifier cycles through about 20 MiB).
-const POOL_MAX_FLOATS: usize = 1 << 24;
-
-impl Pool {
-    /// A zeroed buffer of `len` floats: the smallest kept one that fits, else a new one.
-    fn take(&self, len: usize) -> Vec<f32> {
-        let reused = {
-            let mut free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            let best = free
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| free.swap_remove(i))
-        };
-        let mut v = reused.unwrap_or_default();
-        v.clear();
-        v.resize(len, 0.0);
-        v
-    }
-
-    fn give(&self, v: Vec<f32>) {
-        if v.capacity() < POOL_MIN_FLOATS {
-            return;
-        }
-        let mut free = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept: usize = free.iter().map(Vec::capacity).sum();
-        if kept + v.capacity() <= POOL_MAX_FLOATS {
-            free.push(v);
-        }
-    }
-}
-
 fn map_dims(d: Dims) -> (usize, usize, usize) {
     match d {
         Dims::Map { h, w, c } => (h, w, c),
         // Validation puts pools and convolutions on maps only.
         Dims::Flat { features, .. } => (1, 1, features),
     }
-}
-
-/// Average pooling with window = stride = `k`, NHWC; windows that do not fit are dropped.
-/// `out` (zeroed, `n × output.len()`) receives the result.
-fn avg_pool(x: &[f32], out: &mut [f32], n: usize, input: Dims, output: Dims, k: usize) {
-    let (h, w, c) = map_dims(input);
-    let (oh, ow, _) = map_dims(output);
-    debug_assert_eq!(out.len(), n * oh * ow * c);
-    let scale = 1.0 / (k * k) as f32;
-    out.par_chunks_mut(ow * c)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (b, oy) = (row / oh, row % oh);
-            for ky in 0..k {
-                let src_row = ((b * h + oy * k + ky) * w) * c;
-                for ox in 0..ow {
-                    let d = &mut dst[ox * c..(ox + 1) * c];
-                    for kx in 0..k {
-                        let s = src_row + (ox * k + kx) * c;
-                        d.iter_mut().zip(&x[s..s + c]).for_each(|(d, v)| *d += v);
-                    }
-                }
-            }
-            dst.iter_mut().for_each(|v| *v *= scale);
-        });
-}
-
-/// The input gradient of [`avg_pool`]: each window's output gradient / k², spread
-/// over the window; dropped rows and columns get zero.
-fn avg_pool_backward(dy: &[f32], dx: &mut [f32], n: usize, input: Dims, output: Dims, k: usize) {
-    let (h, w, c) = map_dims(input);
-    let (oh, ow, _) = map_dims(output);
-    debug_assert_eq!(dx.len(), n * h * w * c);
-    let scale = 1.0 / (k * k) as f32;
-    dx.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
-        let (b, iy) = (row / h, row % h);
-        let oy = iy / k;
-        if oy >= oh {
-            return;
-        }
-        let src = (b * oh + oy) * ow * c;
-        for ox in 0..ow {
-            let g = &dy[src + ox * c..src + (ox + 1) * c];
-            for kx in 0..k {
-                let d = &mut dst[(ox * k + kx) * c..(ox * k + kx + 1) * c];
-                d.iter_mut().zip(g).for_each(|(d, g)| *d = g * scale);
-            }
-        }
-    });
-}
-
-/// The input gradient of a convolution from its patch gradients `dpatches`
-/// (`[n·oh·ow, k·k·c_in]`, rows in im2col order): every input pixel sums the entries
-/// of the patches that cover it. Parallel over input rows, so no two tasks write to
-/// the same place; windows never reaching a pixel (padding, stride) leave it zero.
-fn col2im(dpatches: &[f32], dx: &mut [f32], n: usize, c: &Conv, input: Dims, output: Dims) {
-    let (h, w, cin) = map_dims(input);
-    let (oh, ow, _) = map_dims(output);
-    let (k, s, p) = (c.kernel, c.stride, c.padding);
-    let patch = k * k * cin;
-    debug_assert_eq!(dpatches.len(), n * oh * ow * patch);
-    debug_assert_eq!(dx.len(), n * h * w * cin);
-    // The output index o whose window puts tap `t` on input index i: o·s + t − p = i.
-    let source = |i: usize, t: usize, limit: usize| {
-        let q = (i + p).checked_sub(t)?;
-        (q % s == 0 && q / s < limit).then_some(q / s)
-    };
-    dx.par_chunks_mut(w * cin)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let (b, iy) = (row / h, row % h);
-            for ky in 0..k {
-                let Some(oy) = source(iy, ky, oh) else {
-                    continue;
-                };
-                let patch_row = (b * oh + oy) * ow;
-                for (ix, d) in dst.chunks_exact_mut(cin).enumerate() {
-                    for kx in 0..k {
-                        let Some(ox) = source(ix, kx, ow) else {
-                            continue;
-                        };
-                        let at = (patch_row + ox) * patch + (ky * k + kx) * cin;
-                        d.iter_mut()
-                            .zip(&dpatches[at..at + cin])
-                            .for_each(|(d, g)| *d += g);
-                    }
-                }
-            }
-        });
 }
 
 /// An error unless every value is finite; names the first sample at fault.

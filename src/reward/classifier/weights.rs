@@ -9,9 +9,8 @@ use safetensors::SafeTensors;
 
 use super::config::LayerSpec;
 use super::{Conv, Dims, Linear};
-use crate::backend::Conv2dGeometry;
+use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
 
 /// The classifier's safetensors file, read whole (it is small), with a record of
 /// which tensors the config used.
@@ -109,6 +108,7 @@ impl<'a> Weights<'a> {
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn load_conv(
+    backend: &dyn Backend,
     weights: &Weights,
     spec: &LayerSpec,
     name: &str,
@@ -122,7 +122,7 @@ pub(super) fn load_conv(
     let pt = weights.take(&format!("{name}.weight"), &[cout, cin, k, k], spec.index)?;
     let bias = if bias {
         let v = weights.take(&format!("{name}.bias"), &[cout], spec.index)?;
-        Some(Tensor::from_vec(&[cout], v)?)
+        Some(backend.tensor(&[cout], v)?)
     } else {
         None
     };
@@ -144,17 +144,16 @@ pub(super) fn load_conv(
         }
     }
     Ok(Conv {
-        weight: Tensor::from_vec(&[k, k, cin, cout], weight)?,
+        weight: backend.tensor(&[k, k, cin, cout], weight)?,
         bias,
         geometry: Conv2dGeometry::symmetric(stride, padding),
-        weight_t: Tensor::from_vec(&[cout, patch], weight_t)?,
+        weight_t: backend.tensor(&[cout, patch], weight_t)?,
         kernel: k,
-        stride,
-        padding,
     })
 }
 
 pub(super) fn load_linear(
+    backend: &dyn Backend,
     weights: &Weights,
     spec: &LayerSpec,
     name: &str,
@@ -165,7 +164,7 @@ pub(super) fn load_linear(
     let pt = weights.take(&format!("{name}.weight"), &[fout, fin], spec.index)?;
     let bias = if bias {
         let v = weights.take(&format!("{name}.bias"), &[fout], spec.index)?;
-        Some(Tensor::from_vec(&[fout], v)?)
+        Some(backend.tensor(&[fout], v)?)
     } else {
         None
     };
@@ -192,8 +191,8 @@ pub(super) fn load_linear(
         }
     }
     Ok(Linear {
-        weight: Tensor::from_vec(&[fin, fout], weight)?,
+        weight: backend.tensor(&[fin, fout], weight)?,
         bias,
-        weight_t: Tensor::from_vec(&[fout, fin], weight_t)?,
+        weight_t: backend.tensor(&[fout, fin], weight_t)?,
     })
 }
