@@ -101,3 +101,24 @@ extern "C" __global__ void relu_with_derivative(elem_t* __restrict__ x, elem_t* 
 extern "C" __global__ void mul_inplace(elem_t* __restrict__ x, const elem_t* __restrict__ y, u64 n) {
     GRID_STRIDE_LOOP(i, n) { x[i] = store_elem(load_elem(x[i]) * load_elem(y[i])); }
 }
+
+// The sinusoidal timestep embedding out[r, j], dim columns: sin (or, with flip, cos) of
+// t[r] * f[j] for j < half, the other one of t[r] * f[j - half] for half <= j < 2 half,
+// zero beyond. The product is rounded to f32 as PyTorch does; sin and cos run in f64.
+// CPU twin: src/backend/embedding.rs.
+extern "C" __global__ void timestep_embedding(elem_t* __restrict__ out, const float* __restrict__ t,
+                                              const float* __restrict__ f, u32 half, u32 dim, int flip, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        u64 r = i / dim;
+        u32 j = (u32)(i % dim);
+        float v = 0.0f;
+        if (j < 2 * half) {
+            bool second = j >= half;
+            u32 k = second ? j - half : j;
+            double arg = (double)(t[r] * f[k]);
+            bool use_cos = second != (flip != 0);
+            v = (float)(use_cos ? cos(arg) : sin(arg));
+        }
+        out[i] = store_elem(v);
+    }
+}

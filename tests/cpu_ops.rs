@@ -271,6 +271,16 @@ fn malformed_and_empty_inputs_are_errors_not_panics() {
             .unwrap_or_else(|| panic!("case {i} was accepted"));
         assert!(message.contains("shape mismatch"), "case {i}: {message}");
     }
+    // More frequencies than half the embedding width.
+    let freqs = diffsteer::backend::embedding::sinusoidal_frequencies(8, 0.0);
+    assert!(b.timestep_embedding(&[1.0], &freqs, 7, false).is_err());
+    let ok = b
+        .timestep_embedding(&[0.0, 2.0], &freqs, 9, false)
+        .expect("odd width pads");
+    let values = b.to_host(&ok).expect("host");
+    // t = 0: sin 0 = 0 then cos 0 = 1, and the padding column is zero.
+    assert_eq!(&values[..9], &[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+    assert_eq!(values[9], 2f32.sin());
 }
 
 #[test]

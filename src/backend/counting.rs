@@ -171,6 +171,18 @@ impl Backend for CountingBackend<'_> {
             self.inner.activation_assign(x, act, derivative)
         })
     }
+    fn timestep_embedding(
+        &self,
+        timesteps: &[f32],
+        frequencies: &[f32],
+        dim: usize,
+        flip_sin_to_cos: bool,
+    ) -> Result<Tensor> {
+        self.record("timestep embedding", none, || {
+            self.inner
+                .timestep_embedding(timesteps, frequencies, dim, flip_sin_to_cos)
+        })
+    }
     fn mul_assign(&self, x: &mut Tensor, y: &Tensor) -> Result<()> {
         self.record("mul", none, || self.inner.mul_assign(x, y))
     }

@@ -9,6 +9,7 @@ pub mod counting;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod embedding;
 pub mod guided_step;
 pub mod rounding;
 pub mod shapes;
@@ -154,6 +155,20 @@ pub trait Backend: Send + Sync {
 
     /// Concatenation of two NHWC tensors along channels: `[a, b]`.
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// The sinusoidal timestep embedding `[timesteps.len(), dim]` with the given
+    /// `frequencies` (see [`embedding`]); the default computes it on the host.
+    fn timestep_embedding(
+        &self,
+        timesteps: &[f32],
+        frequencies: &[f32],
+        dim: usize,
+        flip_sin_to_cos: bool,
+    ) -> Result<Tensor> {
+        shapes::timestep_embedding(frequencies, dim)?;
+        let rows = embedding::sinusoidal_embedding(timesteps, frequencies, dim, flip_sin_to_cos);
+        self.tensor(&[timesteps.len(), dim], rows)
+    }
 
     /// `x ← act(x)`; with `derivative`, also returns act′ at the old values (SiLU:
     /// σ(x)·(1 + x·(1 − σ(x))); ReLU: 1 where x > 0, else 0) for a backward pass.

@@ -413,3 +413,18 @@ pub fn col2im(
     }
     Ok(d)
 }
+
+/// Refuses more frequencies than half the embedding width.
+pub fn timestep_embedding(frequencies: &[f32], dim: usize) -> Result<()> {
+    if 2 * frequencies.len() > dim {
+        return Err(Error::shape(
+            "timestep_embedding",
+            format!(
+                "{} frequencies need a width of at least {}, got {dim}",
+                frequencies.len(),
+                2 * frequencies.len()
+            ),
+        ));
+    }
+    Ok(())
+}

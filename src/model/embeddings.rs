@@ -6,41 +6,6 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-const MAX_PERIOD: f32 = 10000.0;
-
-/// diffusers' `get_timestep_embedding`: `[sin(t·f), cos(t·f)]` (or cos first with
-/// `flip_sin_to_cos`), `f_i = exp(-ln(10000)·i / (dim/2 − shift))`. The frequencies
-/// and products are rounded to f32 exactly where PyTorch rounds them, because
-/// t·f reaches ~1000 radians and the argument's rounding dominates the error.
-pub fn sinusoidal_embedding(
-    timesteps: &[f32],
-    dim: usize,
-    flip_sin_to_cos: bool,
-    shift: f64,
-) -> Vec<f32> {
-    let half = dim / 2;
-    let neg_log_period = -MAX_PERIOD.ln();
-    let denom = (half as f64 - shift) as f32;
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| ((neg_log_period * i as f32) / denom).exp())
-        .collect();
-    let mut out = vec![0f32; timesteps.len() * dim];
-    for (row, &t) in out.chunks_mut(dim).zip(timesteps) {
-        for (i, &f) in freqs.iter().enumerate() {
-            let arg = (t * f) as f64;
-            let (sin, cos) = (arg.sin() as f32, arg.cos() as f32);
-            let (first, second) = if flip_sin_to_cos {
-                (cos, sin)
-            } else {
-                (sin, cos)
-            };
-            row[i] = first;
-            row[half + i] = second;
-        }
-    }
-    out
-}
-
 /// diffusers' `TimestepEmbedding`: linear → SiLU → linear.
 pub struct TimestepEmbedding {
     linear_1: Linear,

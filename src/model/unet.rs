@@ -4,9 +4,10 @@
 
 use super::blocks::{BlockContext, DownBlock, ForwardContext, MidBlock, UpBlock};
 use super::config::{UNetClass, UNetConfig};
-use super::embeddings::{sinusoidal_embedding, ClassEmbedding, TimestepEmbedding};
+use super::embeddings::{ClassEmbedding, TimestepEmbedding};
 use super::layers::{Conv2d, GroupNorm};
 use super::weights::{Scope, WeightFile};
+use crate::backend::embedding::sinusoidal_frequencies;
 use crate::backend::{Backend, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -194,15 +195,14 @@ impl UNet {
         let n = inputs.timesteps.len();
         let c0 = self.config.block_out_channels[0];
 
-        let t_emb = sinusoidal_embedding(
+        let frequencies = sinusoidal_frequencies(c0, self.config.freq_shift);
+        let t_emb = b.timestep_embedding(
             inputs.timesteps,
+            &frequencies,
             c0,
             self.config.flip_sin_to_cos,
-            self.config.freq_shift,
-        );
-        let mut emb = self
-            .time_embedding
-            .forward(b, &b.tensor(&[n, c0], t_emb)?)?;
+        )?;
+        let mut emb = self.time_embedding.forward(b, &t_emb)?;
         if let (Some(table), Some(labels)) = (&self.class_embedding, inputs.class_labels) {
             let rows = b.tensor(&[n, self.config.time_embed_dim], table.rows(labels)?)?;
             b.add_assign(&mut emb, &rows, 1.0)?;

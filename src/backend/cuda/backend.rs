@@ -793,6 +793,49 @@ impl Backend for CudaBackend {
         Tensor::from_cuda(&input, dx)
     }
 
+    fn timestep_embedding(
+        &self,
+        timesteps: &[f32],
+        frequencies: &[f32],
+        dim: usize,
+        flip_sin_to_cos: bool,
+    ) -> Result<Tensor> {
+        shapes::timestep_embedding(frequencies, dim)?;
+        let stream = self.device.stream();
+        let upload = |values: &[f32]| {
+            let values = if values.is_empty() {
+                &[0.0][..]
+            } else {
+                values
+            };
+            stream
+                .clone_htod(values)
+                .map_err(|e| self.allocation_error(values.len() * 4, e))
+        };
+        let (t, f) = (upload(timesteps)?, upload(frequencies)?);
+        let total = (timesteps.len() * dim) as u64;
+        let mut out = self.output(total as usize)?;
+        let func = self.function(&ELEMENTWISE, Vec::new(), "timestep_embedding")?;
+        let (half, dim32, flip) = (
+            frequencies.len() as u32,
+            dim as u32,
+            i32::from(flip_sin_to_cos),
+        );
+        let mut l = stream.launch_builder(&func);
+        l.arg(&mut out)
+            .arg(&t)
+            .arg(&f)
+            .arg(&half)
+            .arg(&dim32)
+            .arg(&flip)
+            .arg(&total);
+        // SAFETY: out holds rows·dim elements; t and f hold the rows and `half` values.
+        drv("launching timestep_embedding", unsafe {
+            l.launch(grid_for(total))
+        })?;
+        Tensor::from_cuda(&[timesteps.len(), dim], out)
+    }
+
     fn prefers_fused_step(&self) -> bool {
         true
     }

@@ -508,6 +508,20 @@ fn op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         Work::Bytes(ew_bytes * 5.0),
         &|b, t| b.upsample_nearest(&t[0], 127, 129).map(Some),
     )?);
+    let timesteps: Vec<f32> = (0..64).map(|i| 999.0 - 15.75 * i as f32).collect();
+    let frequencies = crate::backend::embedding::sinusoidal_frequencies(320, 1.0);
+    out.push(check_op(
+        refs,
+        gpu,
+        "timestep embedding 64×320",
+        &Inputs::random(&[&[1]], 940),
+        Work::Bytes(4.0 * 64.0 * 320.0),
+        &move |b, _| {
+            b.timestep_embedding(&timesteps, &frequencies, 320, true)
+                .map(Some)
+        },
+    )?);
+
     // The reward classifier's ops (forward and backward).
     let act = Inputs::random(&[&[32, 28, 28, 32], &[32, 28, 28, 32]], 950);
     let act_bytes = 4.0 * 32.0 * 28.0 * 28.0 * 32.0;
