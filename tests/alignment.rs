@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::rel_l2;
+use common::{rel_l2, Quadratic};
 use diffsteer::backend::cpu::CpuBackend;
 use diffsteer::guidance::reward::{renoise, RewardForm, RewardGuidance, RhoSchedule};
 use diffsteer::guidance::{Guidance, GuidanceInterval};
@@ -17,37 +17,6 @@ use diffsteer::steer::{SteerMethod, Steering};
 use diffsteer::{Error, Result};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/digits");
-
-/// r(x) = −½‖x − c‖² with a constant target c: ∇r = c − x, so a raw x₀-form step
-/// of size ρ moves x̂₀ a fraction ρ of the way to c.
-struct Quadratic {
-    target: f32,
-}
-
-impl Reward for Quadratic {
-    fn name(&self) -> String {
-        format!("quadratic:{}", self.target)
-    }
-    fn check_shape(&self, _shape: SampleShape) -> Result<()> {
-        Ok(())
-    }
-    fn evaluate(
-        &self,
-        shape: SampleShape,
-        x0: &[f32],
-        grad: Option<&mut [f32]>,
-    ) -> Result<Vec<f32>> {
-        if let Some(g) = grad {
-            for (g, &x) in g.iter_mut().zip(x0) {
-                *g = self.target - x;
-            }
-        }
-        Ok(x0
-            .chunks(shape.len())
-            .map(|s| -0.5 * s.iter().map(|&x| (x - self.target).powi(2)).sum::<f32>())
-            .collect())
-    }
-}
 
 /// Returns NaN for every sample.
 struct Broken;

@@ -6,20 +6,18 @@
 
 mod common;
 
-use common::{fixtures, rel_l2};
+use common::{fixtures, rel_l2, Quadratic};
 use diffsteer::backend::cpu::CpuBackend;
 use diffsteer::backend::guided_step::guided_step_on_host;
 use diffsteer::backend::{SlotStep, StepBuffers};
 use diffsteer::guidance::reward::RewardGuidance;
 use diffsteer::guidance::{Guidance, GuidanceInterval};
 use diffsteer::model::{ModelFolder, UNet};
-use diffsteer::reward::{Reward, SampleShape};
 use diffsteer::sampler::{
     Alignment, Condition, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepPath,
 };
 use diffsteer::schedule::{self, LinearStep, ScheduleOptions, SchedulerConfig, SchedulerKind};
 use diffsteer::steer::{SteerMethod, Steering};
-use diffsteer::Result;
 
 fn load(dir: impl AsRef<std::path::Path>, backend: &CpuBackend) -> (UNet, SchedulerConfig) {
     let folder = ModelFolder::locate(dir).expect("model folder");
@@ -93,34 +91,6 @@ fn fused_steps_follow_the_host_path_for_every_scheduler() {
     }
 }
 
-/// r(x) = −½‖x − 0.3‖²: a smooth reward with a gradient everywhere.
-struct Quadratic;
-
-impl Reward for Quadratic {
-    fn name(&self) -> String {
-        "quadratic".into()
-    }
-    fn check_shape(&self, _shape: SampleShape) -> Result<()> {
-        Ok(())
-    }
-    fn evaluate(
-        &self,
-        shape: SampleShape,
-        x0: &[f32],
-        grad: Option<&mut [f32]>,
-    ) -> Result<Vec<f32>> {
-        if let Some(g) = grad {
-            for (g, &x) in g.iter_mut().zip(x0) {
-                *g = 0.3 - x;
-            }
-        }
-        Ok(x0
-            .chunks(shape.len())
-            .map(|s| -0.5 * s.iter().map(|&x| (x - 0.3).powi(2)).sum::<f32>())
-            .collect())
-    }
-}
-
 #[test]
 fn fused_steps_follow_the_host_path_with_reward_guidance_recurrence_and_steering() {
     let backend = CpuBackend::new();
@@ -143,7 +113,7 @@ fn fused_steps_follow_the_host_path_with_reward_guidance_recurrence_and_steering
         })
         .collect();
     let alignment = Alignment {
-        reward: Some(&Quadratic),
+        reward: Some(&Quadratic { target: 0.3 }),
         guidance: RewardGuidance {
             window: GuidanceInterval { start: 0, stop: 5 },
             recurrence: 2,

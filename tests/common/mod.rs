@@ -4,6 +4,11 @@
 
 use std::path::PathBuf;
 
+use diffsteer::backend::Backend;
+use diffsteer::model::weights::WeightFile;
+use diffsteer::model::{ModelFolder, UNetInputs};
+use diffsteer::reward::{Reward, SampleShape};
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -85,4 +90,72 @@ pub fn assert_usage_error(
         "{args:?}: {stderr}"
     );
     assert!(!out.exists(), "{args:?}: --out was created");
+}
+
+/// The forward of fixture model `name` (tests/fixtures/models) on `backend`, from its
+/// saved inputs: (the output, diffusers' output), both NCHW.
+pub fn fixture_forward(name: &str, backend: &dyn Backend) -> (Vec<f32>, Vec<f32>) {
+    let dir = fixtures().join("models").join(name);
+    let unet = ModelFolder::locate(&dir)
+        .and_then(|f| f.load_unet(backend))
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    let fx = WeightFile::open(dir.join("forward.safetensors")).expect("forward fixture");
+    let (shape, sample) = fx.read_f32("sample").expect("sample");
+    let (nhwc_shape, sample) = nchw_to_nhwc(&sample, &shape);
+    let (_, timesteps) = fx.read_f32("timestep").expect("timestep");
+    let labels: Option<Vec<usize>> = fx.contains("class_labels").then(|| {
+        let (_, l) = fx.read_i64("class_labels").expect("labels");
+        l.iter().map(|&l| l as usize).collect()
+    });
+    let encoder = fx.contains("encoder_hidden_states").then(|| {
+        let (s, v) = fx.read_f32("encoder_hidden_states").expect("states");
+        backend.tensor(&s, v).expect("tensor")
+    });
+    let (_, expected) = fx.read_f32("output").expect("output");
+    let x = backend.tensor(&nhwc_shape, sample).expect("tensor");
+    let out = unet
+        .forward(
+            backend,
+            &x,
+            &UNetInputs {
+                timesteps: &timesteps,
+                class_labels: labels.as_deref(),
+                encoder_hidden_states: encoder.as_ref(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("forward {name}: {e}"));
+    let out_shape = out.shape().to_vec();
+    let out = nhwc_to_nchw(&backend.to_host(&out).expect("host"), &out_shape);
+    (out, expected)
+}
+
+/// r(x) = −½‖x − target‖²: ∇r = target − x, so a raw x₀-form step of size ρ moves
+/// x̂₀ a fraction ρ of the way to the target.
+pub struct Quadratic {
+    pub target: f32,
+}
+
+impl Reward for Quadratic {
+    fn name(&self) -> String {
+        format!("quadratic:{}", self.target)
+    }
+    fn check_shape(&self, _shape: SampleShape) -> diffsteer::Result<()> {
+        Ok(())
+    }
+    fn evaluate(
+        &self,
+        shape: SampleShape,
+        x0: &[f32],
+        grad: Option<&mut [f32]>,
+    ) -> diffsteer::Result<Vec<f32>> {
+        if let Some(g) = grad {
+            for (g, &x) in g.iter_mut().zip(x0) {
+                *g = self.target - x;
+            }
+        }
+        Ok(x0
+            .chunks(shape.len())
+            .map(|s| -0.5 * s.iter().map(|&x| (x - self.target).powi(2)).sum::<f32>())
+            .collect())
+    }
 }
