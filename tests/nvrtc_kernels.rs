@@ -7,7 +7,7 @@
 
 use diffsteer::backend::cuda::kernels::{
     compile_with_report, elem_define, head_dim_define, KernelSource, ALL, ATTENTION,
-    ATTENTION_HEAD_DIMS, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS,
+    ATTENTION_HEAD_DIMS, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS, TENSOR_CORE_ONLY,
 };
 use diffsteer::tensor::Precision;
 
@@ -36,6 +36,11 @@ fn every_kernel_compiles_for_sm90_and_sm80_without_spills() {
                 .map(|&d| (&ATTENTION, with_elem(head_dim_define(d), p))),
         );
         if p != Precision::F32 {
+            builds.extend(
+                TENSOR_CORE_ONLY
+                    .iter()
+                    .map(|k| (k, with_elem(Vec::new(), p))),
+            );
             builds.extend(
                 ATTENTION_MMA_HEAD_DIMS
                     .iter()

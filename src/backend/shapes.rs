@@ -1,7 +1,7 @@
 //! Shape checks every backend applies before running an op, in one place so that all
 //! devices accept and refuse exactly the same inputs with the same messages.
 
-use super::Conv2dGeometry;
+use super::{Conv2dGeometry, ConvEpilogue};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -425,6 +425,36 @@ pub fn timestep_embedding(frequencies: &[f32], dim: usize) -> Result<()> {
                 2 * frequencies.len()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Checks a convolution epilogue's tensors against the output shape of `d`.
+pub fn conv_epilogue(e: &ConvEpilogue, d: &ConvDims) -> Result<()> {
+    if let Some(t) = e.sample_bias {
+        if t.shape() != [d.batch, d.out_channels] {
+            return Err(Error::shape(
+                "conv2d_epilogue",
+                format!(
+                    "sample bias must be [{}, {}], got {:?}",
+                    d.batch,
+                    d.out_channels,
+                    t.shape()
+                ),
+            ));
+        }
+    }
+    if let Some((t, _)) = e.residual {
+        if t.shape() != d.out_shape() {
+            return Err(Error::shape(
+                "conv2d_epilogue",
+                format!(
+                    "residual must be {:?} like the output, got {:?}",
+                    d.out_shape(),
+                    t.shape()
+                ),
+            ));
+        }
     }
     Ok(())
 }

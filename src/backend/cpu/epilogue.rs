@@ -3,9 +3,9 @@
 //! still in cache. The arithmetic is that of `add_channel_bias_assign` followed by
 //! `add_assign`, so fused and unfused results are the same bits.
 
-use crate::backend::shapes::ConvDims;
+use crate::backend::shapes::{self, ConvDims};
 use crate::backend::ConvEpilogue;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
@@ -28,32 +28,10 @@ impl<'a> Epilogue<'a> {
 
     /// `e`'s tensors as CPU slices, checked against the convolution's output shape.
     pub fn new(e: &ConvEpilogue<'a>, s: &ConvDims) -> Result<Self> {
+        shapes::conv_epilogue(e, s)?;
         let mut out = Epilogue::none(s);
-        if let Some(t) = e.sample_bias {
-            if t.shape() != [s.batch, s.out_channels] {
-                return Err(Error::shape(
-                    "conv2d_epilogue",
-                    format!(
-                        "sample bias must be [{}, {}], got {:?}",
-                        s.batch,
-                        s.out_channels,
-                        t.shape()
-                    ),
-                ));
-            }
-            out.sample_bias = Some(t.cpu_data()?);
-        }
+        out.sample_bias = e.sample_bias.map(|t| t.cpu_data()).transpose()?;
         if let Some((t, scale)) = e.residual {
-            if t.shape() != s.out_shape() {
-                return Err(Error::shape(
-                    "conv2d_epilogue",
-                    format!(
-                        "residual must be {:?} like the output, got {:?}",
-                        s.out_shape(),
-                        t.shape()
-                    ),
-                ));
-            }
             out.residual = Some((t.cpu_data()?, scale));
         }
         Ok(out)

@@ -11,12 +11,14 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
 use super::kernels::{
-    elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, ELEMENTWISE,
-    GUIDED_STEP, NORM, POOL,
+    elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, CONV_MMA,
+    ELEMENTWISE, GUIDED_STEP, NORM, POOL,
 };
 use crate::backend::guided_step::check_step;
 use crate::backend::shapes::{self, ConvDims};
-use crate::backend::{Activation, Backend, Conv2dGeometry, SlotStep, StepBuffers, StepResult};
+use crate::backend::{
+    Activation, Backend, Conv2dGeometry, ConvEpilogue, SlotStep, StepBuffers, StepResult,
+};
 use crate::error::{Error, Result};
 use crate::tensor::{CudaData, Precision, Tensor};
 
@@ -26,6 +28,14 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u64 = 132 * 16;
 /// im2col buffers are cut into pieces of at most this many elements.
 const IM2COL_CHUNK_ELEMENTS: usize = 1 << 26;
+/// kernels/conv_mma.cu's output tile (pixels × channels) and block size.
+const CONV_TILE_PIXELS: usize = 128;
+const CONV_TILE_CHANNELS: usize = 128;
+const CONV_THREADS: u32 = 256;
+/// Below this many output tiles the implicit GEMM (no split-K) leaves most of an
+/// H100/H200's 132 SMs idle, and cuBLAS (which can split K) on im2col is used
+/// instead. A first guess, to be tuned on a GPU (`selftest` times both paths).
+const CONV_MMA_MIN_TILES: usize = 64;
 
 pub struct CudaBackend {
     device: CudaDevice,
@@ -360,6 +370,112 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    fn pointwise(d: &ConvDims, g: &Conv2dGeometry) -> bool {
+        d.kernel_h == 1
+            && d.kernel_w == 1
+            && g.stride == 1
+            && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0
+    }
+
+    /// Whether kernels/conv_mma.cu serves this convolution (a 1×1 convolution is a
+    /// plain GEMM, which cuBLAS runs best).
+    pub(crate) fn tensor_core_conv(&self, d: &ConvDims, g: &Conv2dGeometry) -> bool {
+        self.precision != Precision::F32
+            && self.device.compute_capability().0 >= 8
+            && d.in_channels.is_multiple_of(8)
+            && d.out_channels.is_multiple_of(8)
+            && !Self::pointwise(d, g)
+            && d.rows() <= u32::MAX as usize
+            && (CONV_MMA_MIN_TILES..=i32::MAX as usize).contains(&Self::conv_tiles(d))
+    }
+
+    /// A convolution through cuBLAS: a 1×1 one directly, others by im2col.
+    pub(crate) fn gemm_conv(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Conv2dGeometry,
+        d: &ConvDims,
+    ) -> Result<Tensor> {
+        if Self::pointwise(d, g) {
+            let out = self.matmul_bias(self.data(x)?, d.rows(), d.patch_len(), weight, bias)?;
+            return Tensor::from_cuda(&d.out_shape(), out);
+        }
+        self.im2col_conv(x, weight, bias, g, d)
+    }
+
+    /// Output tiles of kernels/conv_mma.cu: CONV_TILE_PIXELS pixels ×
+    /// CONV_TILE_CHANNELS channels each.
+    fn conv_tiles(d: &ConvDims) -> usize {
+        d.rows().div_ceil(CONV_TILE_PIXELS) * d.out_channels.div_ceil(CONV_TILE_CHANNELS)
+    }
+
+    /// kernels/conv_mma.cu: the implicit GEMM with bias and epilogue, one block per
+    /// output tile on a 1-D grid (channel tiles fastest, so the blocks reading the
+    /// same strip of pixels run together).
+    pub(crate) fn conv_mma(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Conv2dGeometry,
+        d: &ConvDims,
+        epilogue: ConvEpilogue,
+    ) -> Result<Tensor> {
+        let f = self.function(&CONV_MMA, Vec::new(), "conv_mma")?;
+        let shape = d.out_shape();
+        let mut out = self.output(shape.iter().product())?;
+        let null = 0u64;
+        let (residual, scale) = match epilogue.residual {
+            Some((t, scale)) => (Some(self.data(t)?), scale),
+            None => (None, 1.0f32),
+        };
+        let dims = [
+            d.batch,
+            d.height,
+            d.width,
+            d.in_channels,
+            d.kernel_h,
+            d.kernel_w,
+            g.stride,
+            g.pad_top,
+            g.pad_left,
+            d.out_height,
+            d.out_width,
+            d.out_channels,
+        ]
+        .map(|v| v as u32);
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out).arg(self.data(x)?).arg(self.data(weight)?);
+        // Absent tensors are null pointers, which the kernel tests before reading.
+        match bias {
+            Some(b) => l.arg(self.data(b)?),
+            None => l.arg(&null),
+        };
+        match epilogue.sample_bias {
+            Some(t) => l.arg(self.data(t)?),
+            None => l.arg(&null),
+        };
+        match residual {
+            Some(r) => l.arg(r),
+            None => l.arg(&null),
+        };
+        l.arg(&scale);
+        for v in &dims {
+            l.arg(v);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (Self::conv_tiles(d) as u32, 1, 1),
+            block_dim: (CONV_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the shapes were checked (conv2d, conv_epilogue, the 8-channel
+        // multiples); the kernel bounds every pixel by n·oh·ow and channel by cout.
+        drv("launching conv_mma", unsafe { l.launch(cfg) })?;
+        Tensor::from_cuda(&shape, out)
+    }
+
     /// kernels/pool.cu's `name` (avg_pool or its backward) over `d`, `total` elements out.
     fn launch_pool(
         &self,
@@ -446,17 +562,33 @@ impl Backend for CudaBackend {
         bias: Option<&Tensor>,
         g: &Conv2dGeometry,
     ) -> Result<Tensor> {
+        self.conv2d_epilogue(x, weight, bias, g, ConvEpilogue::default())
+    }
+
+    /// On tensor cores (f16/bf16, sm_80+, channel counts in multiples of 8, not a
+    /// plain 1×1): one implicit-GEMM kernel that also applies the epilogue. Else the
+    /// GEMM path and the epilogue as separate kernels.
+    fn conv2d_epilogue(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        g: &Conv2dGeometry,
+        epilogue: ConvEpilogue,
+    ) -> Result<Tensor> {
         let d = shapes::conv2d(x, weight, bias, g)?;
-        let (rows, k) = (d.rows(), d.patch_len());
-        let pointwise = d.kernel_h == 1
-            && d.kernel_w == 1
-            && g.stride == 1
-            && g.pad_top + g.pad_bottom + g.pad_left + g.pad_right == 0;
-        if pointwise {
-            let out = self.matmul_bias(self.data(x)?, rows, k, weight, bias)?;
-            return Tensor::from_cuda(&d.out_shape(), out);
+        shapes::conv_epilogue(&epilogue, &d)?;
+        if self.tensor_core_conv(&d, g) {
+            return self.conv_mma(x, weight, bias, g, &d, epilogue);
         }
-        self.im2col_conv(x, weight, bias, g, &d)
+        let mut out = self.gemm_conv(x, weight, bias, g, &d)?;
+        if let Some(sample_bias) = epilogue.sample_bias {
+            self.add_channel_bias_assign(&mut out, sample_bias)?;
+        }
+        if let Some((residual, scale)) = epilogue.residual {
+            self.add_assign(&mut out, residual, scale)?;
+        }
+        Ok(out)
     }
 
     fn linear(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

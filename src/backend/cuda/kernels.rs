@@ -66,8 +66,18 @@ pub const ATTENTION_MMA: KernelSource = KernelSource {
     source: include_str!("../../../kernels/attention_mma.cu"),
 };
 
+/// Convolutions as implicit GEMMs on tensor cores (`mma.sync`, sm_80+) for f16 and
+/// bf16, with the bias, per-sample bias and residual applied as outputs are written.
+pub const CONV_MMA: KernelSource = KernelSource {
+    name: "conv_mma",
+    source: include_str!("../../../kernels/conv_mma.cu"),
+};
+
 /// The files compiled for every element type.
 pub const ALL: &[KernelSource] = &[ELEMENTWISE, CONV, NORM, ATTENTION, POOL, GUIDED_STEP];
+
+/// The files compiled only for the 16-bit element types, on sm_80 and newer.
+pub const TENSOR_CORE_ONLY: &[KernelSource] = &[CONV_MMA];
 
 /// The head dimensions the tensor-core attention kernel is written for; others
 /// use [`ATTENTION`] in any precision.

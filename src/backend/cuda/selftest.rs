@@ -17,10 +17,12 @@ use super::backend::CudaBackend;
 use super::device::{compile_ptx, library_presence};
 use super::kernels::{
     compile_options, elem_define, head_dim_define, ALL, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS,
+    TENSOR_CORE_ONLY,
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::rounding::RoundingBackend;
-use crate::backend::{Activation, Backend, Conv2dGeometry};
+use crate::backend::shapes;
+use crate::backend::{Activation, Backend, Conv2dGeometry, ConvEpilogue};
 use crate::error::{Error, Result};
 use crate::model::{ModelFolder, UNetInputs};
 use crate::rng::{normal_vec, NoiseStream};
@@ -274,6 +276,11 @@ pub fn run(
             .map(|k| (k, vec![elem_define(precision)]))
             .collect();
         if precision != Precision::F32 && device.compute_capability().0 >= 8 {
+            builds.extend(
+                TENSOR_CORE_ONLY
+                    .iter()
+                    .map(|k| (k, vec![elem_define(precision)])),
+            );
             builds.extend(ATTENTION_MMA_HEAD_DIMS.iter().map(|&d| {
                 let mut defines = head_dim_define(d);
                 defines.push(elem_define(precision));
@@ -303,6 +310,11 @@ pub fn run(
             push(r);
         }
         push(guided_step_check(&refs, &gpu)?);
+        if precision != Precision::F32 && device.compute_capability().0 >= 8 {
+            for r in conv_path_timings(&gpu)? {
+                push(r);
+            }
+        }
         for model in models {
             if let Some(r) = classifier_check(&refs, ordinal, precision, model)? {
                 push(r);
@@ -391,6 +403,46 @@ fn op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         &[2, 32, 32, 640],
         &[1, 1, 640, 320],
         Conv2dGeometry::symmetric(1, 0),
+    )?);
+
+    out.push(conv(
+        "conv 3x3 s1 64²·4→320 (cin 4)",
+        &[2, 64, 64, 4],
+        &[3, 3, 4, 320],
+        Conv2dGeometry::symmetric(1, 1),
+    )?);
+    // A ResNet block's second convolution: time-embedding bias and skip connection
+    // applied as the output is written.
+    let resnet = Inputs::random(
+        &[
+            &[2, 32, 32, 640],
+            &[3, 3, 640, 640],
+            &[640],
+            &[2, 640],
+            &[2, 32, 32, 640],
+        ],
+        150,
+    );
+    out.push(check_op(
+        refs,
+        gpu,
+        "conv 3x3 32²·640 + epilogue",
+        &resnet,
+        Work::Flops(2.0 * 2.0 * 32.0 * 32.0 * 9.0 * 640.0 * 640.0),
+        &|b, t| {
+            let epilogue = ConvEpilogue {
+                sample_bias: Some(&t[3]),
+                residual: Some((&t[4], 0.7)),
+            };
+            b.conv2d_epilogue(
+                &t[0],
+                &t[1],
+                Some(&t[2]),
+                &Conv2dGeometry::symmetric(1, 1),
+                epilogue,
+            )
+            .map(Some)
+        },
     )?);
 
     let linear = Inputs::random(&[&[2, 4096, 320], &[320, 2560], &[2560]], 200);
@@ -879,4 +931,51 @@ fn classifier_check(
             "{plain_note}{n} images: log p and ∂/∂x, {ms:.1} ms incl. load and kernel compiles"
         ),
     }))
+}
+
+/// Both convolution paths on SD1.5's 3×3 shapes at batch 2 (implicit GEMM on tensor
+/// cores vs im2col + cuBLAS), for tuning which the backend picks: informational.
+fn conv_path_timings(gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
+    let mut out = Vec::new();
+    for (hw, c, stride) in [
+        (64, 320, 1),
+        (64, 320, 2),
+        (32, 640, 1),
+        (16, 1280, 1),
+        (8, 1280, 1),
+    ] {
+        let inputs = Inputs::random(&[&[2, hw, hw, c], &[3, 3, c, c], &[c]], 1300);
+        let t = inputs.on(gpu)?;
+        let g = Conv2dGeometry::symmetric(stride, 1);
+        let d = shapes::conv2d(&t[0], &t[1], Some(&t[2]), &g)?;
+        let flops = 2.0 * (d.rows() * d.patch_len() * d.out_channels) as f64;
+        let mma = gpu_ms(gpu, 10, || {
+            gpu.conv_mma(&t[0], &t[1], Some(&t[2]), &g, &d, ConvEpilogue::default())
+                .map(|_| ())
+        })?;
+        let gemm = gpu_ms(gpu, 10, || {
+            gpu.gemm_conv(&t[0], &t[1], Some(&t[2]), &g, &d).map(|_| ())
+        })?;
+        let a = gpu.to_host(&gpu.conv_mma(
+            &t[0],
+            &t[1],
+            Some(&t[2]),
+            &g,
+            &d,
+            ConvEpilogue::default(),
+        )?)?;
+        let b = gpu.to_host(&gpu.gemm_conv(&t[0], &t[1], Some(&t[2]), &g, &d)?)?;
+        out.push(CheckResult::info(
+            format!("[{}] conv paths {hw}²·{c} s{stride}", gpu.precision()),
+            format!(
+                "implicit GEMM {mma:.3} ms ({:.0} TFLOP/s), im2col + cuBLAS {gemm:.3} ms ({:.0} TFLOP/s); \
+                 picked: {}; the two differ by {:.1e}",
+                flops / mma / 1e9,
+                flops / gemm / 1e9,
+                if gpu.tensor_core_conv(&d, &g) { "implicit GEMM" } else { "im2col" },
+                rel_l2(&a, &b)
+            ),
+        ));
+    }
+    Ok(out)
 }
