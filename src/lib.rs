@@ -44,6 +44,8 @@ pub use guidance::{Guidance, GuidanceInterval};
 pub use image::Image8;
 pub use model::{ModelFolder, UNet};
 pub use sampler::{
-    Alignment, Condition, NoiseSource, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepProgress,
+    Alignment, Condition, NoiseSource, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepPath,
+    StepProgress,
 };
 pub use schedule::{ScheduleOptions, Scheduler, SchedulerConfig, SchedulerKind};
+pub use tensor::Precision;
