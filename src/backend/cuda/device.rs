@@ -47,6 +47,34 @@ fn driver_err(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> Error +
     move |e| Error::Cuda(format!("{what}: {e:?}"))
 }
 
+/// Makes the device's default memory pool (which serves the stream-ordered
+/// allocations of every op's output) keep freed memory instead of returning it to
+/// the driver at each synchronisation, so the buffers of one denoising step are
+/// reused by the next without new device allocations.
+fn keep_freed_memory(context: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    if !context.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the device's default pool; the attribute takes a
+    // pointer to a u64 that outlives the call.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device())
+            .result()
+            .map_err(driver_err("reading the default memory pool"))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(driver_err("setting the memory pool's release threshold"))?;
+    }
+    Ok(())
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal`. A missing driver or library is an `Err`, not a panic.
     pub fn open(ordinal: usize) -> Result<Self> {
@@ -81,6 +109,10 @@ impl CudaDevice {
                 "GPU {ordinal} has compute capability {major}.{minor}; the kernels need {MIN_COMPUTE_MAJOR}.0 (Volta) or newer"
             )));
         }
+        // SAFETY: the backend runs all its work on one stream, so the per-buffer
+        // events cudarc would otherwise create (two per allocation) order nothing.
+        unsafe { context.disable_event_tracking() };
+        keep_freed_memory(&context)?;
         let stream = context.default_stream();
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
