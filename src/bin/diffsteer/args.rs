@@ -399,11 +399,13 @@ pub struct SelftestArgs {
     #[arg(long, value_name = "cuda[:N]", default_value = "cuda", value_parser = parse_device)]
     pub device: DeviceArg,
 
-    /// Element types whose kernels are checked, as a comma list (default: all three).
+    /// Element types whose kernels are checked, as a comma list.
     #[arg(long, value_name = "f32,f16,bf16", value_delimiter = ',', value_parser = parse_dtype, default_value = "f32,f16,bf16")]
     pub dtype: Vec<Precision>,
 
-    /// Model folders whose whole U-Net forward is also compared (repeatable).
+    /// Model folders whose whole U-Net forward is also compared, with a 20-step
+    /// sample (class-conditional and unconditional models) and the reward classifier
+    /// in a sibling `digit-classifier` folder, if any (repeatable).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
 }
