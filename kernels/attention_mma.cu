@@ -53,12 +53,6 @@
 #error "attention_mma.cu needs -DELEM_F16 or -DELEM_BF16"
 #endif
 
-#if defined(ELEM_F16)
-#define ATTN_MMA_TYPE "f16"
-#else
-#define ATTN_MMA_TYPE "bf16"
-#endif
-
 #define ATTN_WARPS 4
 #define ATTN_THREADS (ATTN_WARPS * 32)
 
@@ -120,66 +114,6 @@
 #define ATTN_NEG_INF __int_as_float(0xff800000)
 #define ATTN_LOG2E 1.4426950408889634f
 
-// ---- PTX wrappers -------------------------------------------------------------------
-
-__device__ __forceinline__ u32 attn_smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-// 16 bytes global -> shared; src_bytes = 0 reads nothing and zero-fills the 16 bytes.
-__device__ __forceinline__ void attn_cp_async16(u32 dst, const void* src, u32 src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void attn_cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void attn_cp_async_wait_all() {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void attn_ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void attn_ldsm_x2(u32& r0, u32& r1, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r0), "=r"(r1)
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void attn_ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void attn_ldsm_x2_trans(u32& r0, u32& r1, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r0), "=r"(r1)
-                 : "r"(addr)
-                 : "memory");
-}
-
-// c[0..3] += A (16x16, row) * B (16x8, col).
-__device__ __forceinline__ void attn_mma16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32." ATTN_MMA_TYPE "." ATTN_MMA_TYPE ".f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-// c[0..3] += A (16x8, row) * B (8x8, col).
-__device__ __forceinline__ void attn_mma8(float* c, u32 a0, u32 a1, u32 b0) {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32." ATTN_MMA_TYPE "." ATTN_MMA_TYPE ".f32 "
-        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0));
-}
-
 // 2^x, flushing subnormals; 2^-inf = +0.
 __device__ __forceinline__ float attn_exp2(float x) {
     float y;
@@ -202,7 +136,7 @@ __device__ __forceinline__ void attn_load_rows(u32 dst, const elem_t* src, u64 s
             const u32 cc = c % ATTN_CPR;
             const bool ok = r < valid;
             const elem_t* s = src + (u64)(ok ? r : 0u) * stride + cc * 8;
-            attn_cp_async16(dst + (r * ATTN_SMEM_STRIDE + cc * 8) * 2, s, ok ? 16u : 0u);
+            tc_cp_async16_cg(dst + (r * ATTN_SMEM_STRIDE + cc * 8) * 2, s, ok ? 16u : 0u);
         }
     }
 }
@@ -232,7 +166,7 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
     const elem_t* k_base = k + (u64)b * lk * width + (u64)head * HEAD_DIM;
     const elem_t* v_base = v + (u64)b * lk * width + (u64)head * HEAD_DIM;
 
-    const u32 smem_base = attn_smem_addr(smem);
+    const u32 smem_base = tc_smem_addr(smem);
     const u32 row_bytes = ATTN_SMEM_STRIDE * 2;
     const u32 stage_bytes = 2 * ATTN_BLOCK_K * row_bytes;
 
@@ -240,8 +174,8 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
     attn_load_rows<ATTN_BLOCK_Q>(smem_base + ATTN_STAGE1_ROW * row_bytes, q_base, width, lq - q0, tid);
     attn_load_rows<ATTN_BLOCK_K>(smem_base, k_base, width, lk, tid);
     attn_load_rows<ATTN_BLOCK_K>(smem_base + ATTN_BLOCK_K * row_bytes, v_base, width, lk, tid);
-    attn_cp_async_commit();
-    attn_cp_async_wait_all();
+    tc_cp_async_commit();
+    tc_cp_async_wait<0>();
     __syncthreads();
 
     // Q fragments (A operand, row-major 16 x 16 per chunk): ldmatrix matrices 0..3 are
@@ -259,13 +193,13 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
             const u32 row = wrow + m * 16 + lr + (lm & 1) * 8;
 #pragma unroll
             for (int kc = 0; kc < ATTN_KC16; ++kc) {
-                attn_ldsm_x4(qa[m][kc][0], qa[m][kc][1], qa[m][kc][2], qa[m][kc][3],
+                tc_ldsm_x4(qa[m][kc][0], qa[m][kc][1], qa[m][kc][2], qa[m][kc][3],
                              qs + row * row_bytes + (kc * 16 + (lm >> 1) * 8) * 2);
             }
 #if ATTN_TAIL8
             // m16n8k8 A: a0a1 = rows 0-7, a2a3 = rows 8-15, cols HEAD_DIM-8 .. HEAD_DIM-1
             // (lanes 16-31 give addresses too, ignored by .x2).
-            attn_ldsm_x2(qt[m][0], qt[m][1], qs + row * row_bytes + (HEAD_DIM - 8) * 2);
+            tc_ldsm_x2(qt[m][0], qt[m][1], qs + row * row_bytes + (HEAD_DIM - 8) * 2);
 #endif
         }
     }
@@ -316,7 +250,7 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
             attn_load_rows<ATTN_BLOCK_K>(nxt, k_base + (u64)kv1 * width, width, lk - kv1, tid);
             attn_load_rows<ATTN_BLOCK_K>(nxt + ATTN_BLOCK_K * row_bytes, v_base + (u64)kv1 * width, width,
                                          lk - kv1, tid);
-            attn_cp_async_commit();
+            tc_cp_async_commit();
         }
         const u32 cur = smem_base + (j & 1) * stage_bytes;
 
@@ -337,11 +271,11 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
 #pragma unroll
             for (int np = 0; np < ATTN_NT / 2; ++np) {
                 u32 b0, b1, b2, b3;
-                attn_ldsm_x4(b0, b1, b2, b3, cur + k_off + np * 16 * row_bytes + kc * 16 * 2);
+                tc_ldsm_x4(b0, b1, b2, b3, cur + k_off + np * 16 * row_bytes + kc * 16 * 2);
 #pragma unroll
                 for (int m = 0; m < ATTN_WARP_M; ++m) {
-                    attn_mma16(s[m][2 * np], qa[m][kc][0], qa[m][kc][1], qa[m][kc][2], qa[m][kc][3], b0, b1);
-                    attn_mma16(s[m][2 * np + 1], qa[m][kc][0], qa[m][kc][1], qa[m][kc][2], qa[m][kc][3], b2, b3);
+                    tc_mma16(s[m][2 * np], qa[m][kc][0], qa[m][kc][1], qa[m][kc][2], qa[m][kc][3], b0, b1);
+                    tc_mma16(s[m][2 * np + 1], qa[m][kc][0], qa[m][kc][1], qa[m][kc][2], qa[m][kc][3], b2, b3);
                 }
             }
         }
@@ -349,13 +283,13 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
 #pragma unroll
         for (int nq = 0; nq < ATTN_NT / 4; ++nq) {
             u32 b0, b1, b2, b3;
-            attn_ldsm_x4(b0, b1, b2, b3, cur + k8_off + nq * 32 * row_bytes);
+            tc_ldsm_x4(b0, b1, b2, b3, cur + k8_off + nq * 32 * row_bytes);
 #pragma unroll
             for (int m = 0; m < ATTN_WARP_M; ++m) {
-                attn_mma8(s[m][4 * nq + 0], qt[m][0], qt[m][1], b0);
-                attn_mma8(s[m][4 * nq + 1], qt[m][0], qt[m][1], b1);
-                attn_mma8(s[m][4 * nq + 2], qt[m][0], qt[m][1], b2);
-                attn_mma8(s[m][4 * nq + 3], qt[m][0], qt[m][1], b3);
+                tc_mma8(s[m][4 * nq + 0], qt[m][0], qt[m][1], b0);
+                tc_mma8(s[m][4 * nq + 1], qt[m][0], qt[m][1], b1);
+                tc_mma8(s[m][4 * nq + 2], qt[m][0], qt[m][1], b2);
+                tc_mma8(s[m][4 * nq + 3], qt[m][0], qt[m][1], b3);
             }
         }
 #endif
@@ -430,28 +364,28 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
 #pragma unroll
             for (int dp = 0; dp < ATTN_DT / 2; ++dp) {
                 u32 b0, b1, b2, b3;
-                attn_ldsm_x4_trans(b0, b1, b2, b3, cur + v_off + kc * 16 * row_bytes + dp * 16 * 2);
+                tc_ldsm_x4_trans(b0, b1, b2, b3, cur + v_off + kc * 16 * row_bytes + dp * 16 * 2);
 #pragma unroll
                 for (int m = 0; m < ATTN_WARP_M; ++m) {
-                    attn_mma16(o[m][2 * dp], pa[m][0], pa[m][1], pa[m][2], pa[m][3], b0, b1);
-                    attn_mma16(o[m][2 * dp + 1], pa[m][0], pa[m][1], pa[m][2], pa[m][3], b2, b3);
+                    tc_mma16(o[m][2 * dp], pa[m][0], pa[m][1], pa[m][2], pa[m][3], b0, b1);
+                    tc_mma16(o[m][2 * dp + 1], pa[m][0], pa[m][1], pa[m][2], pa[m][3], b2, b3);
                 }
             }
 #if (ATTN_DT % 2) == 1
             {
                 // Last (odd) d-tile: matrices 0, 1 = (keys 0-7, keys 8-15) x d HEAD_DIM-8 ..
                 u32 b0, b1;
-                attn_ldsm_x2_trans(b0, b1, cur + v_off - (lm >> 1) * 8 * 2 + kc * 16 * row_bytes + (HEAD_DIM - 8) * 2);
+                tc_ldsm_x2_trans(b0, b1, cur + v_off - (lm >> 1) * 8 * 2 + kc * 16 * row_bytes + (HEAD_DIM - 8) * 2);
 #pragma unroll
                 for (int m = 0; m < ATTN_WARP_M; ++m)
-                    attn_mma16(o[m][ATTN_DT - 1], pa[m][0], pa[m][1], pa[m][2], pa[m][3], b0, b1);
+                    tc_mma16(o[m][ATTN_DT - 1], pa[m][0], pa[m][1], pa[m][2], pa[m][3], b0, b1);
             }
 #endif
         }
 
         // The next tile has landed, and every warp is done with this stage before the
         // next iteration prefetches into it.
-        attn_cp_async_wait_all();
+        tc_cp_async_wait<0>();
         __syncthreads();
     }
 

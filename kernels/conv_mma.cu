@@ -61,12 +61,6 @@
 #error "conv_mma.cu needs -DELEM_F16 or -DELEM_BF16"
 #endif
 
-#if defined(ELEM_F16)
-#define CONV_MMA_TYPE "f16"
-#else
-#define CONV_MMA_TYPE "bf16"
-#endif
-
 #define CONV_BM 128
 #define CONV_BN 128
 #define CONV_BK 32
@@ -99,55 +93,6 @@
 #if CONV_STAGES < 2
 #error "conv_mma.cu: CONV_STAGES must be at least 2"
 #endif
-
-// ---- PTX wrappers -------------------------------------------------------------------
-
-__device__ __forceinline__ u32 conv_smem_addr(const void* p) {
-    u32 a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-// 16 bytes global -> shared; src_bytes = 0 reads nothing and zero-fills the 16 bytes.
-// .ca (through L1) for the gathered activations, which neighbouring taps read again;
-// .cg (L2 only) for the weights, which a block reads once.
-__device__ __forceinline__ void conv_cp_async16_ca(u32 dst, const void* src, u32 src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void conv_cp_async16_cg(u32 dst, const void* src, u32 src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void conv_cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void conv_cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void conv_ldsm_x4(u32& r0, u32& r1, u32& r2, u32& r3, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void conv_ldsm_x4_trans(u32& r0, u32& r1, u32& r2, u32& r3, u32 addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-
-// c[0..3] += A (16x16, row) * B (16x8, col).
-__device__ __forceinline__ void conv_mma16(float* c, const u32* a, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32." CONV_MMA_TYPE "." CONV_MMA_TYPE ".f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Two adjacent elements (4-byte aligned) as f32: lo = p[0], hi = p[1].
 __device__ __forceinline__ void conv_load_pair(const elem_t* p, float& lo, float& hi) {
@@ -195,7 +140,7 @@ conv_mma(elem_t* __restrict__ out, const elem_t* __restrict__ x, const elem_t* _
     const u32 K = kh * kw * cin;
     const u32 k_tiles = (K + CONV_BK - 1) / CONV_BK;
 
-    const u32 smem_base = conv_smem_addr(smem);
+    const u32 smem_base = tc_smem_addr(smem);
 
     // ---- A loader: pixels a_row and a_row + 64 of the tile, K chunk a_kc ------------------
     const u32 a_kc = tid & 3;
@@ -245,7 +190,7 @@ conv_mma(elem_t* __restrict__ out, const elem_t* __restrict__ x, const elem_t* _
         for (int i = 0; i < 2; ++i) {
             const bool ok = k_ok && (u32)(a_iy0[i] + (int)a_ky) < h && (u32)(a_ix0[i] + (int)a_kx) < w_in;
             const elem_t* src = ok ? x + (a_off[i] + tap) : x;
-            conv_cp_async16_ca(st + a_dst + i * 64 * CONV_A_ROW_BYTES, src, ok ? 16u : 0u);
+            tc_cp_async16_ca(st + a_dst + i * 64 * CONV_A_ROW_BYTES, src, ok ? 16u : 0u);
         }
         a_ci += CONV_BK;
 #pragma unroll 1
@@ -257,7 +202,7 @@ conv_mma(elem_t* __restrict__ out, const elem_t* __restrict__ x, const elem_t* _
         for (int i = 0; i < 2; ++i) {
             const bool ok = b_nok && b_k + i * 16 < K;
             const elem_t* src = ok ? b_src + (u64)(i * 16) * cout : w;
-            conv_cp_async16_cg(st + b_dst + i * 16 * CONV_B_ROW_BYTES, src, ok ? 16u : 0u);
+            tc_cp_async16_cg(st + b_dst + i * 16 * CONV_B_ROW_BYTES, src, ok ? 16u : 0u);
         }
         b_k += CONV_BK;
         b_src += (u64)CONV_BK * cout;
@@ -296,7 +241,7 @@ conv_mma(elem_t* __restrict__ out, const elem_t* __restrict__ x, const elem_t* _
 #pragma unroll
     for (int s = 0; s < CONV_STAGES - 1; ++s) {
         if ((u32)s < k_tiles) load_tile((u32)s);
-        conv_cp_async_commit();
+        tc_cp_async_commit();
     }
 
     // ---- main loop: one barrier per K tile ----------------------------------------------
@@ -307,10 +252,10 @@ conv_mma(elem_t* __restrict__ out, const elem_t* __restrict__ x, const elem_t* _
         // Tile kt has landed (this thread's copies), then the barrier makes every thread's
         // copies visible and guarantees every warp is done with tile kt - 1, whose stage
         // (wr_stage) is refilled next.
-        conv_cp_async_wait<CONV_STAGES - 2>();
+        tc_cp_async_wait<CONV_STAGES - 2>();
         __syncthreads();
         if (kt + CONV_STAGES - 1 < k_tiles) load_tile(wr_stage);
-        conv_cp_async_commit();
+        tc_cp_async_commit();
         wr_stage = wr_stage + 1 == CONV_STAGES ? 0 : wr_stage + 1;
 
         if (warp_active) {
@@ -321,21 +266,21 @@ conv_mma(elem_t* __restrict__ out, const elem_t* __restrict__ x, const elem_t* _
                 u32 bf[CONV_NI][2];
 #pragma unroll
                 for (int mi = 0; mi < CONV_MI; ++mi)
-                    conv_ldsm_x4(af[mi][0], af[mi][1], af[mi][2], af[mi][3],
+                    tc_ldsm_x4(af[mi][0], af[mi][1], af[mi][2], af[mi][3],
                                  st + (ks == 0 ? a_ld0 : a_ld1) + mi * 16 * CONV_A_ROW_BYTES);
 #pragma unroll
                 for (int np = 0; np < CONV_NI / 2; ++np)
-                    conv_ldsm_x4_trans(bf[2 * np][0], bf[2 * np][1], bf[2 * np + 1][0], bf[2 * np + 1][1],
+                    tc_ldsm_x4_trans(bf[2 * np][0], bf[2 * np][1], bf[2 * np + 1][0], bf[2 * np + 1][1],
                                        st + ((b_ld + ks * 16 * CONV_B_ROW_BYTES) ^ (np << 5)));
 #pragma unroll
                 for (int mi = 0; mi < CONV_MI; ++mi)
 #pragma unroll
-                    for (int ni = 0; ni < CONV_NI; ++ni) conv_mma16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+                    for (int ni = 0; ni < CONV_NI; ++ni) tc_mma16(acc[mi][ni], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[ni][0], bf[ni][1]);
             }
         }
         rd_stage = rd_stage + 1 == CONV_STAGES ? 0 : rd_stage + 1;
     }
-    conv_cp_async_wait<0>();  // only empty groups remain; leave nothing in flight
+    tc_cp_async_wait<0>();  // only empty groups remain; leave nothing in flight
 
     // ---- epilogue -------------------------------------------------------------------------
     // C fragment: acc[mi][ni][0..1] = row g, channels 2t, 2t+1 of n8 tile ni;
