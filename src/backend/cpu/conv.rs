@@ -60,7 +60,7 @@ pub fn conv2d(
                 patches
             };
             if unpacked {
-                small_matmul(dst, cout, lhs, k, weight, n_rows, k, cout);
+                small_matmul(dst, cout, lhs, k, weight, cout, n_rows, k, cout);
                 if let Some(b) = bias {
                     for row in dst.chunks_mut(cout) {
                         for (v, b) in row.iter_mut().zip(b) {

@@ -39,27 +39,37 @@ impl<'a> Epilogue<'a> {
 
     /// Applies to `dst`: consecutive output pixels from flat pixel index `first`.
     pub fn apply(&self, dst: &mut [f32], first: usize) {
-        if self.sample_bias.is_none() && self.residual.is_none() {
+        if self.is_empty() {
             return;
         }
+        for (i, px) in dst.chunks_exact_mut(self.channels).enumerate() {
+            self.apply_pixel(px, first + i, 0);
+        }
+    }
+
+    /// Whether applying changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.sample_bias.is_none() && self.residual.is_none()
+    }
+
+    /// Applies to `px`: channels `first_channel ..` of output pixel `pixel`.
+    pub fn apply_pixel(&self, px: &mut [f32], pixel: usize, first_channel: usize) {
         let c = self.channels;
-        for (i, px) in dst.chunks_exact_mut(c).enumerate() {
-            let p = first + i;
-            if let Some(bias) = self.sample_bias {
-                let sample = p / self.pixels_per_sample;
-                for (v, b) in px.iter_mut().zip(&bias[sample * c..(sample + 1) * c]) {
-                    *v += b;
-                }
+        let channels = first_channel..first_channel + px.len();
+        if let Some(bias) = self.sample_bias {
+            let sample = pixel / self.pixels_per_sample;
+            for (v, b) in px.iter_mut().zip(&bias[sample * c..][channels.clone()]) {
+                *v += b;
             }
-            if let Some((residual, scale)) = self.residual {
-                let r = &residual[p * c..(p + 1) * c];
-                if scale == 1.0 {
-                    px.iter_mut().zip(r).for_each(|(v, r)| *v += r);
-                } else {
-                    px.iter_mut()
-                        .zip(r)
-                        .for_each(|(v, r)| *v = (*v + r) * scale);
-                }
+        }
+        if let Some((residual, scale)) = self.residual {
+            let r = &residual[pixel * c..][channels];
+            if scale == 1.0 {
+                px.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+            } else {
+                px.iter_mut()
+                    .zip(r)
+                    .for_each(|(v, r)| *v = (*v + r) * scale);
             }
         }
     }

@@ -9,8 +9,8 @@
 
 use super::matmul::{matmul, MatRef};
 
-/// `dst[i·dst_stride + j] = Σ_p a[i·a_stride + p] · b[p·n + j]` for `i < m`,
-/// `j < n`, with `k` terms.
+/// `dst[i·dst_stride + j] = Σ_p a[i·a_stride + p] · b[p·b_stride + j]` for
+/// `i < m`, `j < n`, with `k` terms.
 ///
 /// # Panics
 /// If an operand does not fit its slice (a bug in the caller, which sizes them).
@@ -21,6 +21,7 @@ pub fn small_matmul(
     a: &[f32],
     a_stride: usize,
     b: &[f32],
+    b_stride: usize,
     m: usize,
     k: usize,
     n: usize,
@@ -31,13 +32,13 @@ pub fn small_matmul(
     assert!(
         (m - 1) * dst_stride + n <= dst.len()
             && (m - 1) * a_stride + k <= a.len()
-            && k * n <= b.len(),
+            && (k == 0 || (k - 1) * b_stride + n <= b.len()),
         "small_matmul: operand does not fit its slice"
     );
     #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(2 * LANES) && k > 0 && std::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512 F is present; the bounds were checked above.
-        unsafe { avx512::product(dst, dst_stride, a, a_stride, b, m, k, n) };
+        unsafe { avx512::product(dst, dst_stride, a, a_stride, b, b_stride, m, k, n) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -47,7 +48,7 @@ pub fn small_matmul(
         && std::is_x86_feature_detected!("fma")
     {
         // SAFETY: AVX2 and FMA are present; the bounds were checked above.
-        unsafe { avx2::product(dst, dst_stride, a, a_stride, b, m, k, n) };
+        unsafe { avx2::product(dst, dst_stride, a, a_stride, b, b_stride, m, k, n) };
         return;
     }
     let lhs = MatRef {
@@ -57,7 +58,14 @@ pub fn small_matmul(
         row_stride: a_stride,
         col_stride: 1,
     };
-    matmul(dst, dst_stride, lhs, MatRef::row_major(b, k, n), 1.0, false);
+    let rhs = MatRef {
+        data: b,
+        rows: k,
+        cols: n,
+        row_stride: b_stride,
+        col_stride: 1,
+    };
+    matmul(dst, dst_stride, lhs, rhs, 1.0, false);
 }
 
 const LANES: usize = 8;
@@ -105,11 +113,12 @@ mod avx2 {
         a: &[f32],
         a_stride: usize,
         b: &[f32],
+        b_stride: usize,
         m: usize,
         k: usize,
         n: usize,
     ) {
-        product_with::<Avx2, 6>(dst, dst_stride, a, a_stride, b, m, k, n)
+        product_with::<Avx2, 6>(dst, dst_stride, a, a_stride, b, b_stride, m, k, n)
     }
 }
 
@@ -156,11 +165,12 @@ mod avx512 {
         a: &[f32],
         a_stride: usize,
         b: &[f32],
+        b_stride: usize,
         m: usize,
         k: usize,
         n: usize,
     ) {
-        product_with::<Avx512, 8>(dst, dst_stride, a, a_stride, b, m, k, n)
+        product_with::<Avx512, 8>(dst, dst_stride, a, a_stride, b, b_stride, m, k, n)
     }
 }
 
@@ -194,6 +204,7 @@ mod kernel {
         a: &[f32],
         a_stride: usize,
         b: &[f32],
+        b_stride: usize,
         m: usize,
         k: usize,
         n: usize,
@@ -207,9 +218,9 @@ mod kernel {
                 let rows = ROWS.min(m - i);
                 let (d, ai, bj) = (dst.add(i * dst_stride + j), a.add(i * a_stride), b.add(j));
                 if two {
-                    rows_tile::<S, 2>(rows, d, dst_stride, ai, a_stride, bj, k, n);
+                    rows_tile::<S, 2>(rows, d, dst_stride, ai, a_stride, bj, b_stride, k);
                 } else {
-                    rows_tile::<S, 1>(rows, d, dst_stride, ai, a_stride, bj, k, n);
+                    rows_tile::<S, 1>(rows, d, dst_stride, ai, a_stride, bj, b_stride, k);
                 }
                 i += rows;
             }
@@ -227,18 +238,18 @@ mod kernel {
         a: *const f32,
         a_stride: usize,
         b: *const f32,
+        b_stride: usize,
         k: usize,
-        n: usize,
     ) {
         match rows {
-            8 => tile::<S, 8, V>(d, dst_stride, a, a_stride, b, k, n),
-            7 => tile::<S, 7, V>(d, dst_stride, a, a_stride, b, k, n),
-            6 => tile::<S, 6, V>(d, dst_stride, a, a_stride, b, k, n),
-            5 => tile::<S, 5, V>(d, dst_stride, a, a_stride, b, k, n),
-            4 => tile::<S, 4, V>(d, dst_stride, a, a_stride, b, k, n),
-            3 => tile::<S, 3, V>(d, dst_stride, a, a_stride, b, k, n),
-            2 => tile::<S, 2, V>(d, dst_stride, a, a_stride, b, k, n),
-            _ => tile::<S, 1, V>(d, dst_stride, a, a_stride, b, k, n),
+            8 => tile::<S, 8, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            7 => tile::<S, 7, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            6 => tile::<S, 6, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            5 => tile::<S, 5, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            4 => tile::<S, 4, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            3 => tile::<S, 3, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            2 => tile::<S, 2, V>(d, dst_stride, a, a_stride, b, b_stride, k),
+            _ => tile::<S, 1, V>(d, dst_stride, a, a_stride, b, b_stride, k),
         }
     }
 
@@ -250,14 +261,14 @@ mod kernel {
         a: *const f32,
         a_stride: usize,
         b: *const f32,
+        b_stride: usize,
         k: usize,
-        n: usize,
     ) {
         let mut acc = [[S::zero(); V]; R];
         for p in 0..k {
             let mut bv = [S::zero(); V];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = S::load(b.add(p * n + v * S::WIDTH));
+                *x = S::load(b.add(p * b_stride + v * S::WIDTH));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let av = S::splat(a.add(r * a_stride + p));
@@ -280,26 +291,32 @@ mod tests {
 
     #[test]
     fn matches_a_naive_product_for_every_row_and_column_remainder() {
-        for &(m, k, n) in &[
-            (1, 1, 8),
-            (7, 5, 24),
-            (13, 32, 40),
-            (6, 64, 64),
-            (3, 3, 5),
-            (11, 17, 16),
+        // (m, k, n, b_stride): b_stride > n is a column panel of a wider matrix.
+        for &(m, k, n, b_stride) in &[
+            (1, 1, 8, 8),
+            (7, 5, 24, 24),
+            (13, 32, 40, 40),
+            (6, 64, 64, 64),
+            (3, 3, 5, 5),
+            (11, 17, 16, 16),
+            (9, 64, 32, 64),
+            (8, 12, 16, 40),
+            (5, 7, 5, 13),
         ] {
             let (a_stride, dst_stride) = (k + 3, n + 5);
             let a: Vec<f32> = (0..m * a_stride)
                 .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.125)
                 .collect();
-            let b: Vec<f32> = (0..k * n)
+            let b: Vec<f32> = (0..k * b_stride)
                 .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.25)
                 .collect();
             let mut dst = vec![f32::NAN; m * dst_stride];
-            small_matmul(&mut dst, dst_stride, &a, a_stride, &b, m, k, n);
+            small_matmul(&mut dst, dst_stride, &a, a_stride, &b, b_stride, m, k, n);
             for i in 0..m {
                 for j in 0..n {
-                    let want: f32 = (0..k).map(|p| a[i * a_stride + p] * b[p * n + j]).sum();
+                    let want: f32 = (0..k)
+                        .map(|p| a[i * a_stride + p] * b[p * b_stride + j])
+                        .sum();
                     let got = dst[i * dst_stride + j];
                     assert!(
                         (got - want).abs() <= 1e-4 * want.abs().max(1.0),

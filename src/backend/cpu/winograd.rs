@@ -6,7 +6,9 @@
 //! Output tiles are taken in chunks; one rayon task transforms its chunk's inputs
 //! into a `[36][tile][c_in]` buffer, runs one GEMM per transform point against the
 //! transformed weights `[36][c_in][c_out]`, and transforms the `[36][tile][c_out]`
-//! products back into output pixels. The chunk is sized to stay in L2.
+//! products back into output pixels. The chunk is sized to stay in L2. When there
+//! are fewer chunks than threads, each chunk's output channels are also split into
+//! column panels, one task each.
 //!
 //! The interpolation points are 0, ±1, ±2 (and ∞). Weights are transformed in f64
 //! and rounded once, so the only extra rounding is in the two data transforms;
@@ -42,6 +44,8 @@ const CHUNKS_PER_THREAD: usize = 4;
 /// memory) stay on the im2col GEMM. Transforming them on every call instead cost
 /// more than it saved at the small spatial sizes where those layers run.
 const MAX_TRANSFORMED_FLOATS: usize = 1 << 22;
+/// Output channels per column panel are a multiple of this (two AVX-512 vectors).
+const PANEL_ALIGN: usize = 32;
 /// Tiles below which the product's register tile runs short of rows.
 const REGISTER_ROWS: usize = 8;
 /// Tiles per chunk below which re-reading the transformed weights dominates.
@@ -105,11 +109,14 @@ pub fn conv2d(
     // amortised; at most a quarter of a thread's share, so that small batches use
     // every core; never fewer tiles than one register tile of the product. Results
     // do not depend on the chunking: every output sums its terms in the same order.
+    let threads = rayon::current_num_threads();
     let per_chunk = (CHUNK_FLOATS / (POINTS * (cin + cout)))
         .max(MIN_TILES_PER_CHUNK)
-        .min(tiles.div_ceil(CHUNKS_PER_THREAD * rayon::current_num_threads()))
+        .min(tiles.div_ceil(CHUNKS_PER_THREAD * threads))
         .max(REGISTER_ROWS.min(tiles));
     let chunks = tiles.div_ceil(per_chunk);
+    let panel_width = panel_width(chunks, threads, cout);
+    let panels = cout.div_ceil(panel_width);
     let shared = SharedOut::new(&mut out);
     let layout = TileLayout {
         s: *s,
@@ -119,39 +126,68 @@ pub fn conv2d(
         tiles_x,
     };
 
-    (0..chunks).into_par_iter().for_each_init(
+    (0..chunks * panels).into_par_iter().for_each_init(
         || Scratch {
             v: pool::for_overwrite(per_chunk * POINTS * cin),
-            m: pool::for_overwrite(per_chunk * POINTS * cout),
+            m: pool::for_overwrite(per_chunk * POINTS * panel_width),
             d: vec![0.0; 2 * POINTS * cin.max(cout)],
         },
-        |scratch, chunk| {
+        |scratch, task| {
+            let (chunk, panel) = (task / panels, task % panels);
             let first = chunk * per_chunk;
             let n = per_chunk.min(tiles - first);
+            let columns = Columns {
+                first: panel * panel_width,
+                width: panel_width.min(cout - panel * panel_width),
+            };
             let Scratch { v, m, d } = scratch;
             input_tiles_best(x, &layout, first, n, v, d);
             for point in 0..POINTS {
                 small_matmul(
-                    &mut m[point * n * cout..],
-                    cout,
+                    &mut m[point * n * columns.width..],
+                    columns.width,
                     &v[point * n * cin..],
                     cin,
-                    &u[point * cin * cout..(point + 1) * cin * cout],
+                    &u[point * cin * cout + columns.first..(point + 1) * cin * cout],
+                    cout,
                     n,
                     cin,
-                    cout,
+                    columns.width,
                 );
             }
-            output_tiles_best(m, bias, &epilogue, &layout, first, n, shared, d);
+            output_tiles_best(m, bias, &epilogue, &layout, first, n, columns, shared, d);
         },
     );
     Ok(out)
 }
 
+/// Output channels per task. With fewer tile chunks than threads (a small batch at
+/// a coarse level: 7×7 pixels make 8 tiles for two images), the output channels
+/// are split into panels too, so that every thread works; each panel's task
+/// transforms the chunk's inputs itself, and reads only its panel's columns of
+/// the transformed weights. Panels are whole vectors of the product's widest
+/// register tile.
+fn panel_width(chunks: usize, threads: usize, cout: usize) -> usize {
+    if chunks >= threads {
+        return cout;
+    }
+    let panels = threads.div_ceil(chunks);
+    cout.div_ceil(panels)
+        .next_multiple_of(PANEL_ALIGN)
+        .min(cout)
+}
+
+/// A range of output channels.
+#[derive(Clone, Copy)]
+struct Columns {
+    first: usize,
+    width: usize,
+}
+
 struct Scratch {
     /// Transformed inputs, `[point][tile][c_in]`.
     v: Vec<f32>,
-    /// Products, `[point][tile][c_out]`.
+    /// Products, `[point][tile][channel]` for the task's column panel.
     m: Vec<f32>,
     /// Per-tile staging for the separable transforms.
     d: Vec<f32>,
@@ -340,15 +376,18 @@ fn output_tiles_best(
     layout: &TileLayout,
     first: usize,
     n: usize,
+    columns: Columns,
     out: SharedOut,
     scratch: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        return unsafe { output_tiles_avx2(m, bias, epilogue, layout, first, n, out, scratch) };
+        return unsafe {
+            output_tiles_avx2(m, bias, epilogue, layout, first, n, columns, out, scratch)
+        };
     }
-    output_tiles::<false>(m, bias, epilogue, layout, first, n, out, scratch)
+    output_tiles::<false>(m, bias, epilogue, layout, first, n, columns, out, scratch)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -361,10 +400,11 @@ unsafe fn output_tiles_avx2(
     layout: &TileLayout,
     first: usize,
     n: usize,
+    columns: Columns,
     out: SharedOut,
     scratch: &mut [f32],
 ) {
-    output_tiles::<true>(m, bias, epilogue, layout, first, n, out, scratch)
+    output_tiles::<true>(m, bias, epilogue, layout, first, n, columns, out, scratch)
 }
 
 /// Writes `Bᵀ·d·B` of tiles `first .. first + n` into `v` as `[point][tile][c_in]`.
@@ -429,9 +469,9 @@ fn input_tiles<const FMA: bool>(
     }
 }
 
-/// Turns the products `m` (`[point][tile][c_out]`) of tiles `first .. first + n`
-/// into output pixels `Aᵀ·m·A + bias` (then the epilogue), dropping those past the
-/// image edge.
+/// Turns the products `m` (`[point][tile][channel]` for the channels `columns`) of
+/// tiles `first .. first + n` into those channels of the output pixels
+/// `Aᵀ·m·A + bias` (then the epilogue), dropping pixels past the image edge.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_tiles<const FMA: bool>(
@@ -441,51 +481,53 @@ fn output_tiles<const FMA: bool>(
     layout: &TileLayout,
     first: usize,
     n: usize,
+    columns: Columns,
     out: SharedOut,
     scratch: &mut [f32],
 ) {
     let s = &layout.s;
     let cout = s.out_channels;
-    let (tmp, rest) = scratch.split_at_mut(SPAN * TILE * cout);
-    let (rows, zeros) = rest.split_at_mut(TILE * cout);
-    let zeros = &mut zeros[..cout];
+    let (c0, width_c) = (columns.first, columns.width);
+    let (tmp, rest) = scratch.split_at_mut(SPAN * TILE * width_c);
+    let (rows, zeros) = rest.split_at_mut(TILE * width_c);
+    let zeros = &mut zeros[..width_c];
     zeros.fill(0.0);
     let zeros = &*zeros;
-    let bias = bias.unwrap_or(zeros);
+    let bias = bias.map_or(zeros, |b| &b[c0..c0 + width_c]);
     for t in 0..n {
         let (b, oy, ox) = layout.origin(first + t);
         // Columns first: tmp[col][out_row]; point (k, col) of tile t is
         // m[(k·6 + col)·n + t].
         for col in 0..SPAN {
             output_transform::<FMA>(
-                six_rows(&m[(col * n + t) * cout..], SPAN * n * cout, cout),
+                six_rows(&m[(col * n + t) * width_c..], SPAN * n * width_c, width_c),
                 zeros,
-                rows_mut::<TILE>(&mut tmp[col * TILE * cout..], cout),
+                rows_mut::<TILE>(&mut tmp[col * TILE * width_c..], width_c),
             );
         }
         let width = TILE.min(s.out_width - ox);
         for r in 0..TILE.min(s.out_height - oy) {
-            let offset = ((b * s.out_height + oy + r) * s.out_width + ox) * cout;
-            debug_assert!(offset + width * cout <= out.len());
-            let m_rows = six_rows(&tmp[r * cout..], TILE * cout, cout);
+            let pixel = (b * s.out_height + oy + r) * s.out_width + ox;
+            debug_assert!((pixel + width - 1) * cout + c0 + width_c <= out.len());
+            let m_rows = six_rows(&tmp[r * width_c..], TILE * width_c, width_c);
+            // SAFETY: tile `first + t` alone covers output row oy + r, columns
+            // ox .. ox + width of image b, and this task alone writes channels
+            // c0 .. c0 + width_c of them: disjoint slices inside the output buffer.
+            let pixel_slice = |j: usize| unsafe {
+                std::slice::from_raw_parts_mut(out.ptr().add((pixel + j) * cout + c0), width_c)
+            };
             if width == TILE {
-                // SAFETY: tile `first + t` alone covers output row oy + r, columns
-                // ox .. ox + 4 of image b, which lie inside the output buffer.
-                let pixels =
-                    unsafe { std::slice::from_raw_parts_mut(out.ptr().add(offset), TILE * cout) };
-                output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(pixels, cout));
-                epilogue.apply(pixels, offset / cout);
+                let mut pixels: [&mut [f32]; TILE] = std::array::from_fn(pixel_slice);
+                output_transform::<FMA>(m_rows, bias, pixels.each_mut().map(|p| &mut **p));
+                for (j, px) in pixels.into_iter().enumerate() {
+                    epilogue.apply_pixel(px, pixel + j, c0);
+                }
             } else {
-                output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(rows, cout));
-                epilogue.apply(&mut rows[..width * cout], offset / cout);
-                // SAFETY: as above, for the `width` columns inside the image.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        rows.as_ptr(),
-                        out.ptr().add(offset),
-                        width * cout,
-                    )
-                };
+                output_transform::<FMA>(m_rows, bias, rows_mut::<TILE>(rows, width_c));
+                for (j, px) in rows.chunks_exact_mut(width_c).take(width).enumerate() {
+                    epilogue.apply_pixel(px, pixel + j, c0);
+                    pixel_slice(j).copy_from_slice(px);
+                }
             }
         }
     }
@@ -596,6 +638,77 @@ mod tests {
             let rel = (err / norm).sqrt();
             // Against an f64 reference: 2.9e-6 measured at 176 channels (the U-Net
             // fixtures, with every layer, stay below 3e-6 against diffusers).
+            assert!(rel < 5e-6, "case {case}: relative L2 error {rel:e}");
+        }
+    }
+
+    /// Column panels (few tiles, several threads) must give the same bits as one
+    /// task per chunk: every output sums its terms in the same order.
+    #[test]
+    fn column_panels_change_no_bits_and_keep_the_epilogue() {
+        use crate::backend::ConvEpilogue;
+        let cases = [
+            // (batch, h, w, cin, cout): 7×7 at batch 2 is one chunk of 8 tiles.
+            (2, 7, 7, 64, 64),
+            (1, 5, 5, 16, 80),
+            (2, 14, 14, 32, 96),
+        ];
+        for (case, &(batch, h, w, cin, cout)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::symmetric(1, 1);
+            let s = ConvDims {
+                batch,
+                height: h,
+                width: w,
+                in_channels: cin,
+                kernel_h: 3,
+                kernel_w: 3,
+                out_channels: cout,
+                out_height: h,
+                out_width: w,
+            };
+            let x = pseudo_random(batch * h * w * cin, 3 + case as u32);
+            let wt = pseudo_random(9 * cin * cout, 7 + case as u32);
+            let bias = pseudo_random(cout, 9);
+            let weight = Tensor::from_vec(&[3, 3, cin, cout], wt.clone()).expect("weight");
+            let sample_bias =
+                Tensor::from_vec(&[batch, cout], pseudo_random(batch * cout, 13)).expect("bias");
+            let residual_values = pseudo_random(s.rows() * cout, 17);
+            let residual =
+                Tensor::from_vec(&[batch, h, w, cout], residual_values.clone()).expect("residual");
+            let e = ConvEpilogue {
+                sample_bias: Some(&sample_bias),
+                residual: Some((&residual, 0.5)),
+            };
+            let epilogue = Epilogue::new(&e, &s).expect("epilogue");
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                pool.install(|| conv2d(&x, &weight, Some(&bias), &s, &g, epilogue))
+                    .expect("conv")
+            };
+            let one = run(1);
+            for threads in [2, 3, 4, 8] {
+                assert!(
+                    one == run(threads),
+                    "case {case}: {threads} threads change the result"
+                );
+            }
+            let mut want = reference(&x, &wt, &bias, &s, &g);
+            let sb = sample_bias.cpu_data().expect("host");
+            for (i, v) in want.iter_mut().enumerate() {
+                let (pixel, c) = (i / cout, i % cout);
+                let sample = pixel / (h * w);
+                *v = (*v + sb[sample * cout + c] as f64 + residual_values[i] as f64) * 0.5;
+            }
+            let err: f64 = one
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).powi(2))
+                .sum();
+            let norm: f64 = want.iter().map(|b| b * b).sum();
+            let rel = (err / norm).sqrt();
             assert!(rel < 5e-6, "case {case}: relative L2 error {rel:e}");
         }
     }
