@@ -241,4 +241,8 @@ impl Backend for CountingBackend<'_> {
     fn prefers_fused_step(&self) -> bool {
         self.inner.prefers_fused_step()
     }
+
+    fn with_busy_workers(&self, work: &mut dyn FnMut()) {
+        self.inner.with_busy_workers(work)
+    }
 }

@@ -14,7 +14,7 @@ pub mod guided_step;
 pub mod rounding;
 pub mod shapes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 pub use guided_step::{SlotStep, StepBuffers, StepResult};
 
@@ -223,10 +223,36 @@ pub trait Backend: Send + Sync {
         guided_step::guided_step_on_host(&self.to_host(model_out)?, rows, slots, buffers)
     }
 
+    /// Runs `work`, a burst of calls into this backend from the current thread (a
+    /// sampling loop, a benchmark's repeated forwards), with the backend's worker
+    /// threads ready for one short op after another. The CPU backend keeps the
+    /// other threads of the current rayon pool polling for jobs (busy, not
+    /// sleeping) until `work` returns; the default just runs `work`.
+    fn with_busy_workers(&self, work: &mut dyn FnMut()) {
+        work()
+    }
+
     /// Whether the sampler should step through [`Backend::guided_step`] instead of
     /// reading every model output back (true where the model output lives on a
     /// device and the step runs there).
     fn prefers_fused_step(&self) -> bool {
         false
     }
+}
+
+/// [`Backend::with_busy_workers`] around work that returns a result.
+pub fn run_busy<T>(backend: &dyn Backend, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut work = Some(work);
+    let mut outcome = None;
+    backend.with_busy_workers(&mut || {
+        if let Some(work) = work.take() {
+            outcome = Some(work());
+        }
+    });
+    outcome.unwrap_or_else(|| {
+        Err(Error::invalid(
+            "backend",
+            format!("{} did not run the work it was given", backend.name()),
+        ))
+    })
 }

@@ -49,6 +49,10 @@ impl Backend for RoundingBackend {
         format!("cpu (rounded to {})", self.precision)
     }
 
+    fn with_busy_workers(&self, work: &mut dyn FnMut()) {
+        self.inner.with_busy_workers(work)
+    }
+
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         self.rounded(self.inner.tensor(shape, data))
     }

@@ -10,7 +10,7 @@ use super::model_call::Slots;
 use super::{
     check_finite, Condition, NoiseSource, SampleOutput, SampleSpec, Sampler, StepProgress,
 };
-use crate::backend::StepBuffers;
+use crate::backend::{run_busy, StepBuffers};
 use crate::error::{Error, Result};
 use crate::guidance::reward::{renoise, RewardGuidance};
 use crate::reward::{Reward, SampleShape};
@@ -95,8 +95,21 @@ impl Sampler<'_> {
 
     /// Generates every sample of `specs` in one batch, with reward guidance and
     /// particle steering as `alignment` says. All particles of all samples share
-    /// each step's model call.
+    /// each step's model call. The loop runs inside
+    /// [`Backend::with_busy_workers`](crate::backend::Backend::with_busy_workers).
     pub fn sample_aligned(
+        &self,
+        specs: &[SampleSpec],
+        noise: &dyn NoiseSource,
+        alignment: &Alignment,
+        progress: &mut dyn FnMut(StepProgress),
+    ) -> Result<Vec<SampleOutput>> {
+        run_busy(self.backend, || {
+            self.run_aligned(specs, noise, alignment, progress)
+        })
+    }
+
+    fn run_aligned(
         &self,
         specs: &[SampleSpec],
         noise: &dyn NoiseSource,

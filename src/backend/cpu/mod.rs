@@ -4,6 +4,7 @@
 
 mod attention;
 mod attention_simd;
+mod busy_workers;
 mod col2im;
 mod conv;
 pub mod elementwise;
@@ -34,6 +35,10 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         "cpu".to_string()
+    }
+
+    fn with_busy_workers(&self, work: &mut dyn FnMut()) {
+        busy_workers::with_busy_workers(work)
     }
 
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {

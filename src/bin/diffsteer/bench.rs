@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use diffsteer::backend::counting::CountingBackend;
-use diffsteer::backend::Backend;
+use diffsteer::backend::{run_busy, Backend};
 use diffsteer::guidance::reward::RewardGuidance;
 use diffsteer::guidance::Guidance;
 use diffsteer::model::preset;
@@ -233,10 +233,12 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     unet.forward(&counting, &x, &inputs)?;
     sync(b, &probe)?;
     let flops = counting.take_flops() as f64;
-    let forward_s = time_it(args.iters, || {
-        let out = unet.forward(&counting, &x, &inputs)?;
-        sync(b, &probe)?;
-        Ok(out)
+    let forward_s = run_busy(b, || {
+        time_it(args.iters, || {
+            let out = unet.forward(&counting, &x, &inputs)?;
+            sync(b, &probe)?;
+            Ok(out)
+        })
     })?;
     let rate = flops / forward_s / 1e9;
     println!(
