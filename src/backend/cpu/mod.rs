@@ -14,6 +14,7 @@ mod norm;
 mod pool2d;
 mod shared_out;
 pub mod small_gemm;
+mod thin_conv;
 pub mod vmath;
 mod winograd;
 
@@ -72,6 +73,15 @@ impl Backend for CpuBackend {
         let bias = bias.map(Tensor::cpu_data).transpose()?;
         let out = if winograd::applies(&dims, geometry) {
             winograd::conv2d(x.cpu_data()?, weight, bias, &dims, geometry, epilogue)?
+        } else if thin_conv::applies(&dims) {
+            thin_conv::conv2d(
+                x.cpu_data()?,
+                weight.cpu_data()?,
+                bias,
+                &dims,
+                geometry,
+                epilogue,
+            )
         } else {
             conv::conv2d(
                 x.cpu_data()?,
