@@ -100,3 +100,72 @@ fn progress_is_reported_once_per_step() {
         .expect("sample");
     assert_eq!(seen, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
 }
+
+/// A model call is cut into one concurrent part per thread (CPU backend); no op's
+/// arithmetic depends on the rest of its batch, so the thread count changes no bit.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let backend = CpuBackend::new();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/digits");
+    for dir in [
+        fixtures().join("models/unet2d_class"),
+        fixtures().join("models/unet_cond"),
+        shipped,
+    ] {
+        let unet = ModelFolder::locate(&dir)
+            .and_then(|f| f.load_unet(&backend))
+            .expect("model");
+        let scheduler = schedule::build(
+            SchedulerKind::Ddim,
+            &SchedulerConfig::empty(),
+            4,
+            &ScheduleOptions::default(),
+        )
+        .expect("scheduler");
+        let sampler = Sampler::new(&backend, &unet, scheduler.as_ref()).expect("sampler");
+        let specs: Vec<SampleSpec> = match unet.config().cross_attention_dim {
+            None => specs(),
+            Some(dim) => (0..3)
+                .map(|i| {
+                    let tokens = 5;
+                    let embedding = |shift: f32| -> Vec<f32> {
+                        (0..tokens * dim)
+                            .map(|j| (j as f32 * 0.37 + shift + i as f32).sin())
+                            .collect()
+                    };
+                    SampleSpec {
+                        seed: 40 + i as u64,
+                        condition: Condition::Embedding {
+                            cond: embedding(0.5),
+                            uncond: embedding(2.0),
+                            tokens,
+                        },
+                        guidance: Guidance {
+                            scale: 2.0 + i as f32,
+                            ..Guidance::default()
+                        },
+                    }
+                })
+                .collect(),
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| sampler.sample(&specs, &PhiloxNoise, &mut |_| {}))
+                .expect("sample")
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            for (i, (a, b)) in one.iter().zip(run(threads)).enumerate() {
+                assert!(
+                    a.data == b.data,
+                    "{}, sample {i}: {threads} threads differ from 1 by {:.2e}",
+                    dir.display(),
+                    rel_l2(&b.data, &a.data)
+                );
+            }
+        }
+    }
+}

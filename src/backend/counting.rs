@@ -245,4 +245,8 @@ impl Backend for CountingBackend<'_> {
     fn with_busy_workers(&self, work: &mut dyn FnMut()) {
         self.inner.with_busy_workers(work)
     }
+
+    fn concurrent_parts(&self, rows: usize) -> usize {
+        self.inner.concurrent_parts(rows)
+    }
 }

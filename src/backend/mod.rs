@@ -232,6 +232,15 @@ pub trait Backend: Send + Sync {
         work()
     }
 
+    /// Into how many consecutive groups of rows to cut a model call of `rows` rows,
+    /// to run as separate forwards at the same time (each on its own thread). The
+    /// CPU backend: one per thread of the current rayon pool, at most `rows`; the
+    /// default: 1 (one forward per call).
+    fn concurrent_parts(&self, rows: usize) -> usize {
+        let _ = rows;
+        1
+    }
+
     /// Whether the sampler should step through [`Backend::guided_step`] instead of
     /// reading every model output back (true where the model output lives on a
     /// device and the step runs there).

@@ -53,6 +53,10 @@ impl Backend for RoundingBackend {
         self.inner.with_busy_workers(work)
     }
 
+    fn concurrent_parts(&self, rows: usize) -> usize {
+        self.inner.concurrent_parts(rows)
+    }
+
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         self.rounded(self.inner.tensor(shape, data))
     }

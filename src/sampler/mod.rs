@@ -9,6 +9,7 @@ mod run;
 
 pub use run::Alignment;
 
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::backend::Backend;
@@ -91,6 +92,10 @@ pub struct Sampler<'a> {
     height: usize,
     width: usize,
     step_path: StepPath,
+    /// Set after the first model call, which computes the weights' derived forms
+    /// (the CPU backend's Winograd transforms); model calls are cut into
+    /// concurrent parts only after it (see `model_call`).
+    weights_ready: AtomicBool,
 }
 
 /// Where each step's guidance and scheduler update run.
@@ -138,6 +143,7 @@ impl<'a> Sampler<'a> {
             height,
             width,
             step_path: StepPath::Auto,
+            weights_ready: AtomicBool::new(false),
         })
     }
 

@@ -42,6 +42,10 @@ impl Backend for CpuBackend {
         busy_workers::with_busy_workers(work)
     }
 
+    fn concurrent_parts(&self, rows: usize) -> usize {
+        rayon::current_num_threads().min(rows).max(1)
+    }
+
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         Tensor::from_vec(shape, data)
     }
