@@ -48,12 +48,17 @@ impl<'a> Epilogue<'a> {
     }
 
     /// Whether applying changes nothing.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.sample_bias.is_none() && self.residual.is_none()
     }
 
     /// Applies to `px`: channels `first_channel ..` of output pixel `pixel`.
+    #[inline]
     pub fn apply_pixel(&self, px: &mut [f32], pixel: usize, first_channel: usize) {
+        if self.is_empty() {
+            return;
+        }
         let c = self.channels;
         let channels = first_channel..first_channel + px.len();
         if let Some(bias) = self.sample_bias {
