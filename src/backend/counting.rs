@@ -249,4 +249,12 @@ impl Backend for CountingBackend<'_> {
     fn concurrent_parts(&self, rows: usize) -> usize {
         self.inner.concurrent_parts(rows)
     }
+
+    fn run_parts(
+        &self,
+        parts: usize,
+        part: &(dyn Fn(usize) -> Result<Tensor> + Sync),
+    ) -> Vec<Result<Tensor>> {
+        self.inner.run_parts(parts, part)
+    }
 }

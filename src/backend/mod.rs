@@ -241,6 +241,18 @@ pub trait Backend: Send + Sync {
         1
     }
 
+    /// Runs `part(p)` for every `p < parts` — at the same time where the backend
+    /// can (the CPU backend: as rayon tasks, each planning its ops for its share of
+    /// the pool) — and returns the results in order. The default runs them one
+    /// after another.
+    fn run_parts(
+        &self,
+        parts: usize,
+        part: &(dyn Fn(usize) -> Result<Tensor> + Sync),
+    ) -> Vec<Result<Tensor>> {
+        (0..parts).map(part).collect()
+    }
+
     /// Whether the sampler should step through [`Backend::guided_step`] instead of
     /// reading every model output back (true where the model output lives on a
     /// device and the step runs there).

@@ -57,6 +57,14 @@ impl Backend for RoundingBackend {
         self.inner.concurrent_parts(rows)
     }
 
+    fn run_parts(
+        &self,
+        parts: usize,
+        part: &(dyn Fn(usize) -> Result<Tensor> + Sync),
+    ) -> Vec<Result<Tensor>> {
+        self.inner.run_parts(parts, part)
+    }
+
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         self.rounded(self.inner.tensor(shape, data))
     }

@@ -5,8 +5,6 @@
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use rayon::prelude::*;
-
 use super::{check_finite, Condition, Rows, SampleSpec, Sampler};
 use crate::backend::SlotStep;
 use crate::error::Result;
@@ -219,8 +217,9 @@ impl Sampler<'_> {
     }
 
     /// The model call cut into `parts` consecutive groups of rows that run at the
-    /// same time, each on its own thread (the ops inside stay parallel, so an idle
-    /// thread still helps a busy one), joined on the host. On the 2-core
+    /// same time ([`Backend::run_parts`](crate::backend::Backend::run_parts): on the
+    /// CPU each on its own thread, its ops still parallel so that an idle thread
+    /// helps a busy one), joined on the host. On the 2-core
     /// development machine a digits forward of 2 rows went from 4.45 to 4.23 ms,
     /// of 8 rows from 15.6 to 14.6 ms and of 32 rows from 65 to 61.5 ms: a small
     /// batch's ops are too short to keep two threads busy each, and half as many
@@ -233,18 +232,14 @@ impl Sampler<'_> {
     fn forward_in_parts(&self, inputs: &BatchInputs, parts: usize) -> Result<Tensor> {
         let batch = inputs.timesteps.len();
         let per_part = batch.div_ceil(parts);
-        let outputs: Vec<Result<(Vec<usize>, Vec<f32>)>> = (0..batch.div_ceil(per_part))
-            .into_par_iter()
-            .map(|p| {
-                let rows = p * per_part..((p + 1) * per_part).min(batch);
-                let out = self.forward_rows(inputs, rows)?;
-                Ok((out.shape().to_vec(), self.backend.to_host(&out)?))
-            })
-            .collect();
+        let outputs = self.backend.run_parts(batch.div_ceil(per_part), &|p| {
+            self.forward_rows(inputs, p * per_part..((p + 1) * per_part).min(batch))
+        });
         let mut shape = Vec::new();
         let mut data = Vec::new();
         for part in outputs {
-            let (part_shape, values) = part?;
+            let part = part?;
+            let (part_shape, values) = (part.shape().to_vec(), self.backend.to_host(&part)?);
             if shape.is_empty() {
                 shape = part_shape;
                 data.reserve(values.len() * batch / shape.first().copied().unwrap_or(1).max(1));

@@ -52,7 +52,7 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionDims) -> Vec<f32>
 
     // With enough (image, head) pairs to share out, a task takes all query blocks of
     // one pair and packs its keys and values once; otherwise each block is a task.
-    let blocks_per_task = if s.batch * s.heads >= 4 * rayon::current_num_threads() {
+    let blocks_per_task = if s.batch * s.heads >= 4 * super::op_threads::op_threads() {
         blocks
     } else {
         1

@@ -45,7 +45,7 @@ pub fn conv2d(
     let unpacked = cout.is_multiple_of(8) && k * cout <= SMALL_WEIGHT_FLOATS && rows <= SMALL_ROWS;
     let mut chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
     if unpacked {
-        chunk_rows = chunk_rows.min(rows.div_ceil(4 * rayon::current_num_threads()).max(8));
+        chunk_rows = chunk_rows.min(rows.div_ceil(4 * super::op_threads::op_threads()).max(8));
     }
 
     out.par_chunks_mut(chunk_rows * cout)

@@ -11,6 +11,7 @@ pub mod elementwise;
 mod epilogue;
 pub mod matmul;
 mod norm;
+mod op_threads;
 mod pool2d;
 mod shared_out;
 pub mod small_gemm;
@@ -43,7 +44,21 @@ impl Backend for CpuBackend {
     }
 
     fn concurrent_parts(&self, rows: usize) -> usize {
-        rayon::current_num_threads().min(rows).max(1)
+        op_threads::op_threads().min(rows).max(1)
+    }
+
+    /// The parts run as rayon tasks; each plans its ops for its share of the pool.
+    fn run_parts(
+        &self,
+        parts: usize,
+        part: &(dyn Fn(usize) -> Result<Tensor> + Sync),
+    ) -> Vec<Result<Tensor>> {
+        use rayon::prelude::*;
+        let share = (op_threads::op_threads() / parts.max(1)).max(1);
+        (0..parts)
+            .into_par_iter()
+            .map(|p| op_threads::with_op_threads(share, || part(p)))
+            .collect()
     }
 
     fn tensor(&self, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {

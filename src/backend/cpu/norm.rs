@@ -20,7 +20,7 @@ pub fn group_norm(
     let pixels = h * w;
     let per_group = c / groups;
     let mut out = crate::tensor::pool::for_overwrite(x.len());
-    if n >= rayon::current_num_threads() {
+    if n >= super::op_threads::op_threads() {
         // One task per sample: its statistics and its normalisation back to back,
         // while the sample is still in this core's cache, and one parallel region
         // per call instead of two. The sums are combined in the same chunk order as

@@ -109,7 +109,7 @@ pub fn conv2d(
     // amortised; at most a quarter of a thread's share, so that small batches use
     // every core; never fewer tiles than one register tile of the product. Results
     // do not depend on the chunking: every output sums its terms in the same order.
-    let threads = rayon::current_num_threads();
+    let threads = super::op_threads::op_threads();
     let per_chunk = (CHUNK_FLOATS / (POINTS * (cin + cout)))
         .max(MIN_TILES_PER_CHUNK)
         .min(tiles.div_ceil(CHUNKS_PER_THREAD * threads))
