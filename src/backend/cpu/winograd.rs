@@ -127,10 +127,12 @@ pub fn conv2d(
     };
 
     (0..chunks * panels).into_par_iter().for_each_init(
-        || Scratch {
-            v: pool::for_overwrite(per_chunk * POINTS * cin),
-            m: pool::for_overwrite(per_chunk * POINTS * panel_width),
-            d: vec![0.0; 2 * POINTS * cin.max(cout)],
+        || {
+            Scratch::take(
+                per_chunk * POINTS * cin,
+                per_chunk * POINTS * panel_width,
+                2 * POINTS * cin.max(cout),
+            )
         },
         |scratch, task| {
             let (chunk, panel) = (task / panels, task % panels);
@@ -184,6 +186,7 @@ struct Columns {
     width: usize,
 }
 
+#[derive(Default)]
 struct Scratch {
     /// Transformed inputs, `[point][tile][c_in]`.
     v: Vec<f32>,
@@ -193,8 +196,64 @@ struct Scratch {
     d: Vec<f32>,
 }
 
+/// Floats of scratch a thread keeps between convolutions (1 MiB: a small batch's
+/// chunks, which the tensor pool does not keep and would otherwise be allocated
+/// and zeroed for every task); larger scratch goes back to the pool.
+const KEPT_SCRATCH_FLOATS: usize = 1 << 18;
+
+thread_local! {
+    /// This thread's scratch from its last convolution.
+    static KEPT_SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+impl Scratch {
+    /// Buffers of at least these lengths (their contents are unspecified: every
+    /// element is written before it is read), reusing this thread's kept scratch.
+    fn take(v: usize, m: usize, d: usize) -> Scratch {
+        let mut scratch = KEPT_SCRATCH.with(|k| k.take());
+        for (buffer, len) in [(&mut scratch.v, v), (&mut scratch.m, m)] {
+            if buffer.len() < len {
+                pool::recycle(std::mem::take(buffer));
+                *buffer = pool::for_overwrite(len);
+            }
+        }
+        if scratch.d.len() < d {
+            scratch.d.resize(d, 0.0);
+        }
+        scratch
+    }
+}
+
+impl Scratch {
+    fn floats(&self) -> usize {
+        self.v.capacity() + self.m.capacity() + self.d.capacity()
+    }
+
+    /// Moves this scratch into the thread's kept slot if the slot is empty (one
+    /// task can hold a second scratch while the first is kept) and the thread is
+    /// not exiting; says whether it did.
+    fn keep(&mut self) -> bool {
+        KEPT_SCRATCH
+            .try_with(|slot| {
+                let kept = slot.take();
+                if kept.floats() == 0 {
+                    slot.set(std::mem::take(self));
+                    true
+                } else {
+                    slot.set(kept);
+                    false
+                }
+            })
+            .unwrap_or(false)
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
+        let floats = self.floats();
+        if floats == 0 || (floats <= KEPT_SCRATCH_FLOATS && self.keep()) {
+            return;
+        }
         pool::recycle(std::mem::take(&mut self.v));
         pool::recycle(std::mem::take(&mut self.m));
     }
@@ -521,18 +580,22 @@ fn input_tiles<const FMA: bool>(
             let base = ((b * s.height + iy0 as usize) * s.width + ix0 as usize) * cin;
             (&x[base..], s.width * cin)
         } else {
+            // Per tile row: zeros left of the image, one copy of the pixels inside
+            // (contiguous in NHWC), zeros right of it.
+            let lo = (-ix0).clamp(0, SPAN as isize) as usize;
+            let hi = (s.width as isize - ix0).clamp(lo as isize, SPAN as isize) as usize;
             for ky in 0..SPAN {
                 let iy = iy0 + ky as isize;
-                for kx in 0..SPAN {
-                    let ix = ix0 + kx as isize;
-                    let dst = &mut d[(ky * SPAN + kx) * cin..(ky * SPAN + kx + 1) * cin];
-                    if iy < 0 || iy >= s.height as isize || ix < 0 || ix >= s.width as isize {
-                        dst.fill(0.0);
-                    } else {
-                        let src = ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
-                        dst.copy_from_slice(&x[src..src + cin]);
-                    }
+                let dst = &mut d[ky * SPAN * cin..(ky + 1) * SPAN * cin];
+                if iy < 0 || iy >= s.height as isize || lo == hi {
+                    dst.fill(0.0);
+                    continue;
                 }
+                dst[..lo * cin].fill(0.0);
+                let src =
+                    ((b * s.height + iy as usize) * s.width + (ix0 + lo as isize) as usize) * cin;
+                dst[lo * cin..hi * cin].copy_from_slice(&x[src..src + (hi - lo) * cin]);
+                dst[hi * cin..].fill(0.0);
             }
             (&*d, SPAN * cin)
         };
