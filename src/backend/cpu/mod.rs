@@ -15,6 +15,8 @@ mod op_threads;
 mod pool2d;
 mod shared_out;
 pub mod small_gemm;
+#[cfg(test)]
+mod test_support;
 mod thin_conv;
 pub mod vmath;
 mod winograd;
@@ -92,17 +94,13 @@ impl Backend for CpuBackend {
         let bias = bias.map(Tensor::cpu_data).transpose()?;
         let out = if winograd::applies(&dims, geometry) {
             winograd::conv2d(x.cpu_data()?, weight, bias, &dims, geometry, epilogue)?
-        } else if thin_conv::applies(&dims) {
-            thin_conv::conv2d(
-                x.cpu_data()?,
-                weight.cpu_data()?,
-                bias,
-                &dims,
-                geometry,
-                epilogue,
-            )
         } else {
-            conv::conv2d(
+            let direct = if thin_conv::applies(&dims) {
+                thin_conv::conv2d
+            } else {
+                conv::conv2d
+            };
+            direct(
                 x.cpu_data()?,
                 weight.cpu_data()?,
                 bias,

@@ -301,46 +301,8 @@ impl Kernel<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{pseudo_random, reference};
     use super::*;
-
-    /// Direct convolution in f64.
-    fn reference(x: &[f32], w: &[f32], bias: &[f32], s: &ConvDims, g: &Conv2dGeometry) -> Vec<f64> {
-        let (cin, cout) = (s.in_channels, s.out_channels);
-        let mut out = vec![0f64; s.rows() * cout];
-        for p in 0..s.rows() {
-            let ox = p % s.out_width;
-            let oy = (p / s.out_width) % s.out_height;
-            let b = p / (s.out_width * s.out_height);
-            for co in 0..cout {
-                let mut acc = bias[co] as f64;
-                for ky in 0..s.kernel_h {
-                    for kx in 0..s.kernel_w {
-                        let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
-                        let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
-                        if iy < 0 || ix < 0 || iy >= s.height as isize || ix >= s.width as isize {
-                            continue;
-                        }
-                        let xi = ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
-                        for ci in 0..cin {
-                            acc += x[xi + ci] as f64
-                                * w[((ky * s.kernel_w + kx) * cin + ci) * cout + co] as f64;
-                        }
-                    }
-                }
-                out[p * cout + co] = acc;
-            }
-        }
-        out
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(11) ^ seed;
-                (h % 10_007) as f32 / 5_003.5 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn matches_a_direct_convolution_for_thin_inputs_and_outputs() {
@@ -375,9 +337,9 @@ mod tests {
                 out_width: ow,
             };
             assert!(applies(&s));
-            let x = values(batch * h * w * cin, 3 + case as u32);
-            let wt = values(k * k * cin * cout, 17 + case as u32);
-            let bias = values(cout, 29);
+            let x = pseudo_random(batch * h * w * cin, 3 + case as u32);
+            let wt = pseudo_random(k * k * cin * cout, 17 + case as u32);
+            let bias = pseudo_random(cout, 29);
             let got = conv2d(&x, &wt, Some(&bias), &s, &g, Epilogue::none(&s));
             let want = reference(&x, &wt, &bias, &s, &g);
             assert_eq!(got.len(), want.len(), "case {case}");

@@ -16,7 +16,7 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// `a·b + c`, fused when `FMA` (the AVX2 + FMA build of a kernel), else as two
 /// operations (a fused multiply-add without hardware support would be a libm call).
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::epilogue::Epilogue;
 use super::shared_out::SharedOut;
 use super::small_gemm::small_matmul;
+use super::vmath::madd;
 use crate::backend::shapes::ConvDims;
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -429,16 +430,6 @@ fn data_transform_rows<const FMA: bool>(
     }
 }
 
-/// `a·b + c`, fused in the FMA builds of the transforms.
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// `y = Aᵀ·m + bias` over six vectors of channels (four outputs).
 #[inline(always)]
 fn output_transform<const FMA: bool>(m: [&[f32]; SPAN], bias: &[f32], y: [&mut [f32]; TILE]) {
@@ -689,53 +680,8 @@ fn output_tiles<const FMA: bool>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{pseudo_random, reference};
     use super::*;
-
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let h = (i ^ seed).wrapping_mul(2_654_435_761).rotate_left(13) ^ seed;
-                (h % 20_011) as f32 / 10_005.5 - 1.0
-            })
-            .collect()
-    }
-
-    /// Direct convolution in f64.
-    fn reference(x: &[f32], w: &[f32], bias: &[f32], s: &ConvDims, g: &Conv2dGeometry) -> Vec<f64> {
-        let (cin, cout) = (s.in_channels, s.out_channels);
-        let mut out = vec![0f64; s.rows() * cout];
-        for b in 0..s.batch {
-            for oy in 0..s.out_height {
-                for ox in 0..s.out_width {
-                    let o = ((b * s.out_height + oy) * s.out_width + ox) * cout;
-                    for co in 0..cout {
-                        let mut acc = bias[co] as f64;
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let iy = (oy + ky) as isize - g.pad_top as isize;
-                                let ix = (ox + kx) as isize - g.pad_left as isize;
-                                if iy < 0
-                                    || ix < 0
-                                    || iy >= s.height as isize
-                                    || ix >= s.width as isize
-                                {
-                                    continue;
-                                }
-                                let xi =
-                                    ((b * s.height + iy as usize) * s.width + ix as usize) * cin;
-                                for ci in 0..cin {
-                                    acc += x[xi + ci] as f64
-                                        * w[((ky * 3 + kx) * cin + ci) * cout + co] as f64;
-                                }
-                            }
-                        }
-                        out[o + co] = acc;
-                    }
-                }
-            }
-        }
-        out
-    }
 
     #[test]
     fn matches_a_direct_convolution_with_partial_tiles_and_padding() {
