@@ -42,3 +42,15 @@ pub fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// ‖got − want‖ / ‖want‖.
+pub fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "rel_l2: lengths differ");
+    let err: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|b| b * b).sum();
+    (err / norm).sqrt()
+}

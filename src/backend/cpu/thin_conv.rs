@@ -301,7 +301,7 @@ impl Kernel<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{pseudo_random, reference};
+    use super::super::test_support::{pseudo_random, reference, rel_l2};
     use super::*;
 
     #[test]
@@ -343,25 +343,14 @@ mod tests {
             let got = conv2d(&x, &wt, Some(&bias), &s, &g, Epilogue::none(&s));
             let want = reference(&x, &wt, &bias, &s, &g);
             assert_eq!(got.len(), want.len(), "case {case}");
-            let err: f64 = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).powi(2))
-                .sum();
-            let norm: f64 = want.iter().map(|b| b * b).sum();
-            let rel = (err / norm).sqrt();
+            let rel = rel_l2(&got, &want);
             assert!(rel < 1e-6, "case {case}: relative L2 error {rel:e}");
             let without_bias = conv2d(&x, &wt, None, &s, &g, Epilogue::none(&s));
             let shifted: Vec<f32> = without_bias
                 .chunks(cout)
                 .flat_map(|px| px.iter().zip(&bias).map(|(v, b)| v + b))
                 .collect();
-            let err: f64 = shifted
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).powi(2))
-                .sum();
-            assert!((err / norm).sqrt() < 1e-6, "case {case}: without bias");
+            assert!(rel_l2(&shifted, &want) < 1e-6, "case {case}: without bias");
         }
     }
 }

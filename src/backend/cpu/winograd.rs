@@ -680,7 +680,7 @@ fn output_tiles<const FMA: bool>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{pseudo_random, reference};
+    use super::super::test_support::{pseudo_random, reference, rel_l2};
     use super::*;
 
     #[test]
@@ -729,13 +729,7 @@ mod tests {
             );
             let want = reference(&x, &wt, &bias, &s, &g);
             assert_eq!(got.len(), want.len());
-            let err: f64 = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).powi(2))
-                .sum();
-            let norm: f64 = want.iter().map(|b| b * b).sum();
-            let rel = (err / norm).sqrt();
+            let rel = rel_l2(&got, &want);
             // Against an f64 reference: 2.9e-6 measured at 176 channels (the U-Net
             // fixtures, with every layer, stay below 3e-6 against diffusers).
             assert!(rel < 5e-6, "case {case}: relative L2 error {rel:e}");
@@ -802,13 +796,7 @@ mod tests {
                 let sample = pixel / (h * w);
                 *v = (*v + sb[sample * cout + c] as f64 + residual_values[i] as f64) * 0.5;
             }
-            let err: f64 = one
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (*a as f64 - b).powi(2))
-                .sum();
-            let norm: f64 = want.iter().map(|b| b * b).sum();
-            let rel = (err / norm).sqrt();
+            let rel = rel_l2(&one, &want);
             assert!(rel < 5e-6, "case {case}: relative L2 error {rel:e}");
         }
     }
