@@ -235,17 +235,16 @@ impl Sampler<'_> {
         let outputs = self.backend.run_parts(batch.div_ceil(per_part), &|p| {
             self.forward_rows(inputs, p * per_part..((p + 1) * per_part).min(batch))
         });
-        let mut shape = Vec::new();
+        let parts = outputs.into_iter().collect::<Result<Vec<Tensor>>>()?;
         let mut data = Vec::new();
-        for part in outputs {
-            let part = part?;
-            let (part_shape, values) = (part.shape().to_vec(), self.backend.to_host(&part)?);
-            if shape.is_empty() {
-                shape = part_shape;
-                data.reserve(values.len() * batch / shape.first().copied().unwrap_or(1).max(1));
-            }
-            data.extend_from_slice(&values);
+        for part in &parts {
+            data.extend(self.backend.to_host(part)?);
         }
+        // Every part has the shape of the whole call but for its rows.
+        let mut shape = parts
+            .first()
+            .map(|p| p.shape().to_vec())
+            .unwrap_or_default();
         if let Some(rows) = shape.first_mut() {
             *rows = batch;
         }

@@ -323,19 +323,7 @@ impl CudaBackend {
             self.fill_rows(&mut out, self.data(b)?, cout, (rows * cout) as u64)?;
         }
         let im2col = self.function(&CONV, Vec::new(), "im2col")?;
-        let dims = [
-            d.height,
-            d.width,
-            d.in_channels,
-            d.kernel_h,
-            d.kernel_w,
-            g.stride,
-            g.pad_top,
-            g.pad_left,
-            d.out_height,
-            d.out_width,
-        ]
-        .map(|v| v as u32);
+        let dims = conv_geometry_args(d, g);
         let mut first = 0usize;
         while first < rows {
             let count = rows_per_chunk.min(rows - first);
@@ -367,6 +355,25 @@ impl CudaBackend {
         }
         Tensor::from_cuda(&d.out_shape(), out)
     }
+}
+
+/// The geometry arguments, in order, that kernels/conv.cu's `im2col` and `col2im`
+/// and kernels/conv_mma.cu take: h, w, c_in, kh, kw, stride, pad_top, pad_left,
+/// oh, ow.
+fn conv_geometry_args(d: &ConvDims, g: &Conv2dGeometry) -> [u32; 10] {
+    [
+        d.height,
+        d.width,
+        d.in_channels,
+        d.kernel_h,
+        d.kernel_w,
+        g.stride,
+        g.pad_top,
+        g.pad_left,
+        d.out_height,
+        d.out_width,
+    ]
+    .map(|v| v as u32)
 }
 
 impl CudaBackend {
@@ -431,21 +438,11 @@ impl CudaBackend {
             Some((t, scale)) => (Some(self.data(t)?), scale),
             None => (None, 1.0f32),
         };
-        let dims = [
-            d.batch,
-            d.height,
-            d.width,
-            d.in_channels,
-            d.kernel_h,
-            d.kernel_w,
-            g.stride,
-            g.pad_top,
-            g.pad_left,
-            d.out_height,
-            d.out_width,
-            d.out_channels,
-        ]
-        .map(|v| v as u32);
+        let (batch, geometry, cout) = (
+            d.batch as u32,
+            conv_geometry_args(d, g),
+            d.out_channels as u32,
+        );
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut out).arg(self.data(x)?).arg(self.data(weight)?);
         // Absent tensors are null pointers, which the kernel tests before reading.
@@ -461,10 +458,11 @@ impl CudaBackend {
             Some(r) => l.arg(r),
             None => l.arg(&null),
         };
-        l.arg(&scale);
-        for v in &dims {
+        l.arg(&scale).arg(&batch);
+        for v in &geometry {
             l.arg(v);
         }
+        l.arg(&cout);
         let cfg = LaunchConfig {
             grid_dim: (Self::conv_tiles(d) as u32, 1, 1),
             block_dim: (CONV_THREADS, 1, 1),
@@ -901,19 +899,7 @@ impl Backend for CudaBackend {
         let total = input.iter().product::<usize>() as u64;
         let mut dx = self.output(total as usize)?;
         let f = self.function(&CONV, Vec::new(), "col2im")?;
-        let dims = [
-            d.height,
-            d.width,
-            d.in_channels,
-            d.kernel_h,
-            d.kernel_w,
-            geometry.stride,
-            geometry.pad_top,
-            geometry.pad_left,
-            d.out_height,
-            d.out_width,
-        ]
-        .map(|v| v as u32);
+        let dims = conv_geometry_args(&d, geometry);
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(&mut dx).arg(self.data(dpatches)?);
         for v in &dims {
