@@ -114,13 +114,6 @@
 #define ATTN_NEG_INF __int_as_float(0xff800000)
 #define ATTN_LOG2E 1.4426950408889634f
 
-// 2^x, flushing subnormals; 2^-inf = +0.
-__device__ __forceinline__ float attn_exp2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 // Copies `rows` rows (HEAD_DIM elements each, `stride` elements apart in global memory)
 // into shared memory at byte address `dst` (ATTN_SMEM_STRIDE elements a row); rows at
 // or past `valid` are zero-filled without touching global memory (their source
@@ -330,13 +323,13 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
                 // A row with no finite score yet keeps everything at 0 instead of
                 // computing (-inf) - (-inf) = NaN.
                 const float m_scaled = mx == ATTN_NEG_INF ? 0.0f : mx * scale_log2;
-                const float alpha = attn_exp2(row_max[m][h] * scale_log2 - m_scaled);  // 0 on the first tile
+                const float alpha = tc_exp2_ftz(row_max[m][h] * scale_log2 - m_scaled);  // 0 on the first tile
                 row_max[m][h] = mx;
                 float sum = 0.0f;
 #pragma unroll
                 for (int nt = 0; nt < ATTN_NT; ++nt) {
-                    const float p0 = attn_exp2(fmaf(s[m][nt][2 * h], scale_log2, -m_scaled));
-                    const float p1 = attn_exp2(fmaf(s[m][nt][2 * h + 1], scale_log2, -m_scaled));
+                    const float p0 = tc_exp2_ftz(fmaf(s[m][nt][2 * h], scale_log2, -m_scaled));
+                    const float p1 = tc_exp2_ftz(fmaf(s[m][nt][2 * h + 1], scale_log2, -m_scaled));
                     s[m][nt][2 * h] = p0;
                     s[m][nt][2 * h + 1] = p1;
                     sum += p0 + p1;
@@ -405,7 +398,7 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
                 for (int dt = 0; dt < ATTN_DT; ++dt) {
                     const u32 packed = pack_elem2(o[m][dt][2 * h] * inv, o[m][dt][2 * h + 1] * inv);
                     const u32 addr = smem_base + row * row_bytes + (dt * 8 + 2 * t) * 2;
-                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(packed) : "memory");
+                    tc_st_shared_b32(addr, packed);
                 }
             }
         }
@@ -418,14 +411,8 @@ attention_mma(elem_t* __restrict__ out, const elem_t* __restrict__ q, const elem
             if (q0 + wrow + r < lq) {
                 u32 x0, x1, x2, x3;
                 const u32 addr = smem_base + (wrow + r) * row_bytes + cc * 8 * 2;
-                asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                             : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3)
-                             : "r"(addr)
-                             : "memory");
-                elem_t* dst = out_base + (u64)r * width + cc * 8;
-                asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(x0), "r"(x1), "r"(x2),
-                             "r"(x3)
-                             : "memory");
+                tc_ld_shared_v4(x0, x1, x2, x3, addr);
+                tc_st_global_v4(out_base + (u64)r * width + cc * 8, x0, x1, x2, x3);
             }
         }
     }

@@ -102,6 +102,28 @@ __device__ __forceinline__ void tc_ldsm_x2_trans(u32& r0, u32& r1, u32 addr) {
                  : "memory");
 }
 
+// 2^x, flushing subnormals; 2^-inf = +0.
+__device__ __forceinline__ float tc_exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 32-bit and 16-byte accesses by shared byte address; a 16-byte global store.
+__device__ __forceinline__ void tc_st_shared_b32(u32 addr, u32 v) {
+    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void tc_ld_shared_v4(u32& x0, u32& x1, u32& x2, u32& x3, u32 addr) {
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(x0), "=r"(x1), "=r"(x2), "=r"(x3)
+                 : "r"(addr)
+                 : "memory");
+}
+__device__ __forceinline__ void tc_st_global_v4(void* dst, u32 x0, u32 x1, u32 x2, u32 x3) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(x0), "r"(x1), "r"(x2), "r"(x3)
+                 : "memory");
+}
+
 // c[0..3] += A (16x16, row) * B (16x8, col).
 __device__ __forceinline__ void tc_mma16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32." TC_MMA_TYPE "." TC_MMA_TYPE ".f32 "

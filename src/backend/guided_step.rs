@@ -98,6 +98,47 @@ pub fn check_step(
     Ok(per)
 }
 
+/// Coefficients per slot in the table of [`kernel_tables`] (`GS_COEFFS` in
+/// kernels/guided_step.cu).
+pub const KERNEL_COEFFS_PER_SLOT: usize = 11;
+
+/// The per-slot tables a GPU kernel of the fused step reads (kernels/guided_step.cu):
+/// [`KERNEL_COEFFS_PER_SLOT`] coefficients per slot (CFG scale, rescale φ, the update's
+/// x̂₀ and combination weights, the clip bound or −1 for none, shifted as 0 or 1) and
+/// two rows per slot (the unconditional row or −1 without CFG, then the conditional
+/// row).
+pub fn kernel_tables(slots: &[SlotStep]) -> Result<(Vec<f32>, Vec<i32>)> {
+    let mut coeffs = Vec::with_capacity(slots.len() * KERNEL_COEFFS_PER_SLOT);
+    let mut rows = Vec::with_capacity(slots.len() * 2);
+    let row_index = |r: usize| {
+        i32::try_from(r).map_err(|_| {
+            Error::invalid(
+                "guided_step",
+                format!("model-output row {r} exceeds 31 bits"),
+            )
+        })
+    };
+    for s in slots {
+        let u = s.update;
+        coeffs.extend_from_slice(&[
+            s.cfg_scale,
+            s.cfg_rescale,
+            u.x0_from_sample,
+            u.x0_from_output,
+            u.clip.unwrap_or(-1.0),
+            u.sample,
+            u.output,
+            u.x0,
+            u.history,
+            u.noise,
+            if s.shifted { 1.0 } else { 0.0 },
+        ]);
+        rows.push(s.uncond_row.map_or(Ok(-1), row_index)?);
+        rows.push(row_index(s.cond_row)?);
+    }
+    Ok((coeffs, rows))
+}
+
 /// The fused step on the host, from the model output's values `[rows, per_sample]`:
 /// the same f32 operations, in the same order, as the sampler's unfused path
 /// (`cfg::combine`, `cfg::rescale`, the reward shift, then [`LinearStep::apply`]).

@@ -11,10 +11,11 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
 use super::kernels::{
-    elem_define, head_dim_define, KernelSource, ATTENTION, ATTENTION_MMA, CONV, CONV_MMA,
-    ELEMENTWISE, GUIDED_STEP, NORM, POOL,
+    attention_mma_block_q, conv_geometry_args, conv_mma_tiles, elem_define, head_dim_define,
+    KernelSource, ATTENTION, ATTENTION_MMA, ATTENTION_MMA_THREADS, CONV, CONV_MMA,
+    CONV_MMA_THREADS, ELEMENTWISE, GUIDED_STEP, GUIDED_STEP_THREADS, NORM, POOL,
 };
-use crate::backend::guided_step::check_step;
+use crate::backend::guided_step::{check_step, kernel_tables};
 use crate::backend::shapes::{self, ConvDims};
 use crate::backend::{
     Activation, Backend, Conv2dGeometry, ConvEpilogue, SlotStep, StepBuffers, StepResult,
@@ -28,10 +29,6 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u64 = 132 * 16;
 /// im2col buffers are cut into pieces of at most this many elements.
 const IM2COL_CHUNK_ELEMENTS: usize = 1 << 26;
-/// kernels/conv_mma.cu's output tile (pixels × channels) and block size.
-const CONV_TILE_PIXELS: usize = 128;
-const CONV_TILE_CHANNELS: usize = 128;
-const CONV_THREADS: u32 = 256;
 /// Below this many output tiles the implicit GEMM (no split-K) leaves most of an
 /// H100/H200's 132 SMs idle, and cuBLAS (which can split K) on im2col is used
 /// instead. A first guess, to be tuned on a GPU (`selftest` times both paths).
@@ -357,25 +354,6 @@ impl CudaBackend {
     }
 }
 
-/// The geometry arguments, in order, that kernels/conv.cu's `im2col` and `col2im`
-/// and kernels/conv_mma.cu take: h, w, c_in, kh, kw, stride, pad_top, pad_left,
-/// oh, ow.
-fn conv_geometry_args(d: &ConvDims, g: &Conv2dGeometry) -> [u32; 10] {
-    [
-        d.height,
-        d.width,
-        d.in_channels,
-        d.kernel_h,
-        d.kernel_w,
-        g.stride,
-        g.pad_top,
-        g.pad_left,
-        d.out_height,
-        d.out_width,
-    ]
-    .map(|v| v as u32)
-}
-
 impl CudaBackend {
     fn pointwise(d: &ConvDims, g: &Conv2dGeometry) -> bool {
         d.kernel_h == 1
@@ -393,7 +371,7 @@ impl CudaBackend {
             && d.out_channels.is_multiple_of(8)
             && !Self::pointwise(d, g)
             && d.rows() <= u32::MAX as usize
-            && (CONV_MMA_MIN_TILES..=i32::MAX as usize).contains(&Self::conv_tiles(d))
+            && (CONV_MMA_MIN_TILES..=i32::MAX as usize).contains(&conv_mma_tiles(d))
     }
 
     /// A convolution through cuBLAS: a 1×1 one directly, others by im2col.
@@ -410,12 +388,6 @@ impl CudaBackend {
             return Tensor::from_cuda(&d.out_shape(), out);
         }
         self.im2col_conv(x, weight, bias, g, d)
-    }
-
-    /// Output tiles of kernels/conv_mma.cu: CONV_TILE_PIXELS pixels ×
-    /// CONV_TILE_CHANNELS channels each.
-    fn conv_tiles(d: &ConvDims) -> usize {
-        d.rows().div_ceil(CONV_TILE_PIXELS) * d.out_channels.div_ceil(CONV_TILE_CHANNELS)
     }
 
     /// kernels/conv_mma.cu: the implicit GEMM with bias and epilogue, one block per
@@ -464,8 +436,8 @@ impl CudaBackend {
         }
         l.arg(&cout);
         let cfg = LaunchConfig {
-            grid_dim: (Self::conv_tiles(d) as u32, 1, 1),
-            block_dim: (CONV_THREADS, 1, 1),
+            grid_dim: (conv_mma_tiles(d) as u32, 1, 1),
+            block_dim: (CONV_MMA_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the shapes were checked (conv2d, conv_epilogue, the 8-channel
@@ -699,12 +671,11 @@ impl Backend for CudaBackend {
             .arg(&h32)
             .arg(&scale);
         let cfg = if tensor_cores {
-            // kernels/attention_mma.cu: one block of 4 warps per ATTN_BLOCK_Q query rows
-            // of one (image, head), static shared memory only.
-            let block_q = if d.head_dim <= 80 { 128 } else { 64 };
+            // Static shared memory only.
+            let block_q = attention_mma_block_q(d.head_dim);
             LaunchConfig {
                 grid_dim: (d.q_len.div_ceil(block_q) as u32, h32, b32),
-                block_dim: (128, 1, 1),
+                block_dim: (ATTENTION_MMA_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             }
         } else {
@@ -981,26 +952,7 @@ impl Backend for CudaBackend {
         let history = optional(buffers.history)?;
         let noise = optional(buffers.noise)?;
         let shift = optional(buffers.shift)?;
-        let mut coeffs = Vec::with_capacity(slots.len() * 11);
-        let mut row_table = Vec::with_capacity(slots.len() * 2);
-        for s in slots {
-            let u = s.update;
-            coeffs.extend_from_slice(&[
-                s.cfg_scale,
-                s.cfg_rescale,
-                u.x0_from_sample,
-                u.x0_from_output,
-                u.clip.unwrap_or(-1.0),
-                u.sample,
-                u.output,
-                u.x0,
-                u.history,
-                u.noise,
-                if s.shifted { 1.0 } else { 0.0 },
-            ]);
-            row_table.push(s.uncond_row.map_or(-1, |r| r as i32));
-            row_table.push(s.cond_row as i32);
-        }
+        let (coeffs, row_table) = kernel_tables(slots)?;
         let coeffs = upload(&coeffs)?;
         let row_table = stream
             .clone_htod(&row_table)
@@ -1023,7 +975,7 @@ impl Backend for CudaBackend {
             .arg(&per32);
         let cfg = LaunchConfig {
             grid_dim: (slots.len() as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (GUIDED_STEP_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: check_step verified every row index and buffer length; the kernel

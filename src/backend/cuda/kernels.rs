@@ -7,6 +7,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
+use crate::backend::shapes::ConvDims;
+use crate::backend::Conv2dGeometry;
 use crate::tensor::Precision;
 
 /// One `.cu` file: its name (for messages and the cache) and its source text.
@@ -86,6 +88,51 @@ pub const ATTENTION_MMA_HEAD_DIMS: &[usize] = &[16, 40, 64, 80, 128, 160];
 /// The head dimensions the attention kernel is compiled for ahead of use in CI:
 /// the digits model (8), SD 1.x/2.x (40, 64, 80, 160) and the common 128.
 pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160];
+
+/// Threads per block of kernels/attention_mma.cu (4 warps).
+pub const ATTENTION_MMA_THREADS: u32 = 128;
+
+/// Query rows per block of kernels/attention_mma.cu (its ATTN_BLOCK_Q): the grid is
+/// (⌈lq / this⌉, heads, batch).
+pub fn attention_mma_block_q(head_dim: usize) -> usize {
+    if head_dim <= 80 {
+        128
+    } else {
+        64
+    }
+}
+
+/// kernels/conv_mma.cu's output tile (pixels × channels) and block size.
+pub const CONV_MMA_TILE_PIXELS: usize = 128;
+pub const CONV_MMA_TILE_CHANNELS: usize = 128;
+pub const CONV_MMA_THREADS: u32 = 256;
+
+/// Output tiles of kernels/conv_mma.cu, one block each on its 1-D grid.
+pub fn conv_mma_tiles(d: &ConvDims) -> usize {
+    d.rows().div_ceil(CONV_MMA_TILE_PIXELS) * d.out_channels.div_ceil(CONV_MMA_TILE_CHANNELS)
+}
+
+/// The geometry arguments, in order, that kernels/conv.cu's `im2col` and `col2im`
+/// and kernels/conv_mma.cu take: h, w, c_in, kh, kw, stride, pad_top, pad_left,
+/// oh, ow.
+pub fn conv_geometry_args(d: &ConvDims, g: &Conv2dGeometry) -> [u32; 10] {
+    [
+        d.height,
+        d.width,
+        d.in_channels,
+        d.kernel_h,
+        d.kernel_w,
+        g.stride,
+        g.pad_top,
+        g.pad_left,
+        d.out_height,
+        d.out_width,
+    ]
+    .map(|v| v as u32)
+}
+
+/// Threads per block of kernels/guided_step.cu (its GS_THREADS); one block per slot.
+pub const GUIDED_STEP_THREADS: u32 = 256;
 
 /// The define that fixes a module's element type (see kernels/prelude.cuh).
 pub fn elem_define(precision: Precision) -> String {
