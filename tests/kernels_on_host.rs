@@ -1,0 +1,808 @@
+//! The CUDA kernels' own source, run on the CPU: each `kernels/*.cu` file is compiled
+//! as C++20 with `tests/kernels_on_host/prelude.h` in place of `kernels/prelude.cuh`
+//! (one OS thread per CUDA thread, real barriers, the PTX ISA's fragment layouts for
+//! `ldmatrix` and `mma.sync`, `cp.async` landing as late or as early as the hardware
+//! may), launched with the CUDA backend's grids and arguments, and checked against the
+//! CPU backend. This checks the kernels' indexing, tiling, masking, swizzles and
+//! epilogues on every machine; what only a GPU can show (the instructions' real
+//! semantics and timing) is left to `diffsteer selftest --device cuda`.
+//!
+//! Needs a C++20 compiler: `$CXX`, else `g++`. Built with the `cuda` feature, for the
+//! launch geometry the CUDA backend uses (`backend::cuda::kernels`).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::rel_l2;
+use diffsteer::backend::cuda::kernels::{
+    attention_mma_block_q, conv_geometry_args, conv_mma_tiles, elem_define, head_dim_define,
+    ATTENTION_MMA_THREADS, CONV_MMA_THREADS, GUIDED_STEP_THREADS,
+};
+use diffsteer::backend::guided_step::{guided_step_on_host, kernel_tables};
+use diffsteer::backend::rounding::RoundingBackend;
+use diffsteer::backend::{
+    shapes, Activation, Backend, Conv2dGeometry, ConvEpilogue, SlotStep, StepBuffers,
+};
+use diffsteer::rng::{normal_vec, NoiseStream};
+use diffsteer::schedule::LinearStep;
+use diffsteer::tensor::Precision;
+use diffsteer::CpuBackend;
+
+const HOST_PRELUDE: &str = include_str!("kernels_on_host/prelude.h");
+
+/// One kernel file compiled for the host with a set of defines, loaded.
+struct HostModule {
+    library: libloading::Library,
+    name: String,
+}
+
+type LaunchFn = unsafe extern "C" fn(u32, u32, u32, u32, u32, u32, i32);
+type BlockBeginFn = unsafe extern "C" fn(u32, u32, u32);
+type ThreadBeginFn = unsafe extern "C" fn(u32);
+type PlainFn = unsafe extern "C" fn();
+type TakeErrorFn = unsafe extern "C" fn() -> *const std::ffi::c_char;
+
+/// When the `cp.async` copies of a launch land (see prelude.h).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Copies {
+    AtWait,
+    AtIssue,
+}
+
+fn compiler() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "g++".to_string())
+}
+
+/// Compiles `kernels/<file>.cu` with `defines` into a shared library under the target
+/// folder (kept between runs, named by a hash of everything that goes in) and loads it.
+fn module(file: &str, defines: &[String]) -> Arc<HostModule> {
+    static MODULES: OnceLock<Mutex<HashMap<String, Arc<HostModule>>>> = OnceLock::new();
+    let key = format!("{file} {}", defines.join(" "));
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = modules.get(&key) {
+        return m.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source_path = root.join("kernels").join(format!("{file}.cu"));
+    let source = std::fs::read_to_string(&source_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", source_path.display()));
+    let flags = ["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread"];
+    let mut hasher = DefaultHasher::new();
+    (HOST_PRELUDE, &source, defines, flags, compiler()).hash(&mut hasher);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernels_on_host");
+    std::fs::create_dir_all(&dir).expect("creating the module folder");
+    let stem = format!("{file}-{:016x}", hasher.finish());
+    let library_path = dir.join(format!("{stem}.so"));
+    if !library_path.exists() {
+        let unit = dir.join(format!("{stem}.cpp"));
+        let prelude = root.join("tests/kernels_on_host/prelude.h");
+        std::fs::write(
+            &unit,
+            format!(
+                "#include \"{}\"\n#line 1 \"kernels/{file}.cu\"\n{source}",
+                prelude.display()
+            ),
+        )
+        .expect("writing the C++ unit");
+        // A unique name first, then a rename: tests running at once may build the same one.
+        let partial = dir.join(format!("{stem}.{}.partial", std::process::id()));
+        let output = Command::new(compiler())
+            .args(flags)
+            .args(defines.iter().map(|d| format!("-D{d}")))
+            .arg("-o")
+            .arg(&partial)
+            .arg(&unit)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "running the C++ compiler `{}` (set CXX to a C++20 compiler): {e}",
+                    compiler()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "compiling kernels/{file}.cu for the host with {defines:?} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::rename(&partial, &library_path).expect("renaming the built module");
+    }
+    // SAFETY: the library is the one just built from our own sources; its static
+    // initialisers only set plain globals.
+    let library = unsafe { libloading::Library::new(&library_path) }
+        .unwrap_or_else(|e| panic!("loading {}: {e}", library_path.display()));
+    let m = Arc::new(HostModule {
+        library,
+        name: key.clone(),
+    });
+    modules.insert(key, m.clone());
+    m
+}
+
+impl HostModule {
+    fn symbol<T: Copy>(&self, name: &str) -> T {
+        // SAFETY: every symbol asked for is declared with the matching signature by
+        // the caller (prelude.h's launcher functions, or a kernel's parameter list).
+        unsafe {
+            *self
+                .library
+                .get::<T>(name.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: no symbol {name}: {e}", self.name))
+        }
+    }
+
+    /// Runs a launch of `grid` blocks of `block` threads: each thread calls `kernel`
+    /// (which calls the kernel function with its arguments). Blocks run one after
+    /// another; a kernel-side error (misaligned access) fails the test.
+    fn launch(
+        &self,
+        grid: (u32, u32, u32),
+        block: u32,
+        copies: Copies,
+        kernel: &(dyn Fn() + Sync),
+    ) {
+        // The launcher's globals are per library, and tests run at once: one launch at a time.
+        static LAUNCH: Mutex<()> = Mutex::new(());
+        let _one = LAUNCH.lock().unwrap_or_else(|e| e.into_inner());
+        let launch: LaunchFn = self.symbol("shim_launch");
+        let block_begin: BlockBeginFn = self.symbol("shim_block_begin");
+        let thread_begin: ThreadBeginFn = self.symbol("shim_thread_begin");
+        let thread_end: PlainFn = self.symbol("shim_thread_end");
+        let block_end: PlainFn = self.symbol("shim_block_end");
+        let take_error: TakeErrorFn = self.symbol("shim_take_error");
+        // SAFETY (every call below): the launcher's protocol, one launch at a time,
+        // each block begun before its threads and ended after they are joined.
+        unsafe {
+            launch(
+                grid.0,
+                grid.1,
+                grid.2,
+                block,
+                1,
+                1,
+                (copies == Copies::AtIssue) as i32,
+            )
+        };
+        for z in 0..grid.2 {
+            for y in 0..grid.1 {
+                for x in 0..grid.0 {
+                    unsafe { block_begin(x, y, z) };
+                    std::thread::scope(|s| {
+                        for t in 0..block {
+                            s.spawn(move || unsafe {
+                                thread_begin(t);
+                                kernel();
+                                thread_end();
+                            });
+                        }
+                    });
+                    unsafe { block_end() };
+                }
+            }
+        }
+        let error = unsafe { take_error() };
+        if !error.is_null() {
+            // SAFETY: a NUL-terminated string in the library's static buffer.
+            let text = unsafe { std::ffi::CStr::from_ptr(error) };
+            panic!("{}: {}", self.name, text.to_string_lossy());
+        }
+    }
+}
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    normal_vec(seed, NoiseStream::Custom(1 << 57), len)
+}
+
+/// A buffer of 16-bit elements, 16-byte aligned as cudaMalloc'd memory is.
+struct Halves {
+    words: Vec<u128>,
+    len: usize,
+}
+
+impl Halves {
+    fn encode(precision: Precision, values: &[f32]) -> Self {
+        let bits = precision.encode_16(values).expect("a 16-bit precision");
+        let mut h = Halves::filled(values.len(), 0);
+        h.as_mut_slice().copy_from_slice(&bits);
+        h
+    }
+
+    /// `len` copies of `bits` (a NaN pattern poisons outputs the kernel must write).
+    fn filled(len: usize, bits: u16) -> Self {
+        let mut h = Halves {
+            words: vec![0u128; len.div_ceil(8)],
+            len,
+        };
+        h.as_mut_slice().fill(bits);
+        h
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u16] {
+        // SAFETY: the u128 storage holds at least `len` u16s and u16 has no invalid values.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
+    }
+
+    fn decode(&mut self, precision: Precision) -> Vec<f32> {
+        let bits = self.as_mut_slice().to_vec();
+        precision.decode_16(&bits).expect("a 16-bit precision")
+    }
+
+    fn addr(&mut self) -> usize {
+        self.words.as_mut_ptr() as usize
+    }
+}
+
+fn nan_bits(precision: Precision) -> u16 {
+    match precision {
+        Precision::F16 => 0x7e00,
+        _ => 0x7fc0,
+    }
+}
+
+fn rounded(precision: Precision, values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&v| precision.round(v)).collect()
+}
+
+/// The DESIGN.md rule for 16-bit kernels: relative L2 against the f32 reference at most
+/// twice that of the plain same-precision implementation.
+fn assert_within_plain(what: &str, out: &[f32], reference: &[f32], plain: &[f32]) -> (f64, f64) {
+    let err = rel_l2(out, reference);
+    let plain_err = rel_l2(plain, reference);
+    assert!(
+        err.is_finite() && err <= 2.0 * plain_err,
+        "{what}: relative L2 {err:.3e} against f32, more than twice the plain {plain_err:.3e}"
+    );
+    (err, plain_err)
+}
+
+// ---- attention_mma.cu --------------------------------------------------------------------
+
+fn tensor_core_attention(
+    precision: Precision,
+    head_dim: usize,
+    (batch, heads, lq, lk): (usize, usize, usize, usize),
+    copies: Copies,
+) {
+    let mut defines = head_dim_define(head_dim);
+    defines.push(elem_define(precision));
+    let m = module("attention_mma", &defines);
+    let width = heads * head_dim;
+    let seed = (head_dim * 1000 + lq * 10 + lk) as u64;
+    let q = rounded(precision, &random(batch * lq * width, seed));
+    let k = rounded(precision, &random(batch * lk * width, seed + 1));
+    let v = rounded(precision, &random(batch * lk * width, seed + 2));
+
+    let (mut q16, mut k16, mut v16) = (
+        Halves::encode(precision, &q),
+        Halves::encode(precision, &k),
+        Halves::encode(precision, &v),
+    );
+    let mut out = Halves::filled(batch * lq * width, nan_bits(precision));
+    type Kernel = unsafe extern "C" fn(usize, usize, usize, usize, u32, u32, u32, u32, f32);
+    let kernel: Kernel = m.symbol("attention_mma");
+    let (o, qa, ka, va) = (out.addr(), q16.addr(), k16.addr(), v16.addr());
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let grid = (
+        lq.div_ceil(attention_mma_block_q(head_dim)) as u32,
+        heads as u32,
+        batch as u32,
+    );
+    m.launch(grid, ATTENTION_MMA_THREADS, copies, &|| unsafe {
+        kernel(
+            o,
+            qa,
+            ka,
+            va,
+            batch as u32,
+            lq as u32,
+            lk as u32,
+            heads as u32,
+            scale,
+        )
+    });
+    let got = out.decode(precision);
+
+    let run = |b: &dyn Backend| {
+        let t = |data: &[f32], l| b.tensor(&[batch, l, width], data.to_vec()).expect("tensor");
+        let out = b
+            .attention(&t(&q, lq), &t(&k, lk), &t(&v, lk), heads)
+            .expect("attention");
+        b.to_host(&out).expect("to_host")
+    };
+    let reference = run(&CpuBackend::new());
+    let plain = run(&RoundingBackend::new(precision));
+    let (err, plain_err) = assert_within_plain(
+        &format!("attention_mma {precision} d{head_dim} b{batch} h{heads} {lq}x{lk} {copies:?}"),
+        &got,
+        &reference,
+        &plain,
+    );
+    eprintln!("attention_mma {precision} d{head_dim} {lq}x{lk}: {err:.2e} (plain {plain_err:.2e})");
+}
+
+#[test]
+fn tensor_core_attention_every_head_dim_f16() {
+    for &d in &[16, 40, 64, 80, 128, 160] {
+        tensor_core_attention(Precision::F16, d, (2, 2, 37, 45), Copies::AtWait);
+    }
+}
+
+#[test]
+fn tensor_core_attention_every_head_dim_bf16() {
+    for &d in &[16, 40, 64, 80, 128, 160] {
+        tensor_core_attention(Precision::BF16, d, (1, 2, 21, 70), Copies::AtWait);
+    }
+}
+
+/// Several query blocks and key tiles, a partial last tile, cross-attention lengths.
+#[test]
+fn tensor_core_attention_many_tiles() {
+    tensor_core_attention(Precision::F16, 40, (1, 1, 130, 77), Copies::AtWait);
+    tensor_core_attention(Precision::BF16, 80, (1, 1, 129, 100), Copies::AtIssue);
+    tensor_core_attention(Precision::F16, 160, (1, 1, 65, 70), Copies::AtIssue);
+    tensor_core_attention(Precision::BF16, 64, (1, 1, 1, 1), Copies::AtWait);
+}
+
+// ---- conv_mma.cu -------------------------------------------------------------------------
+
+struct ConvCase {
+    batch: usize,
+    height: usize,
+    width: usize,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    geometry: Conv2dGeometry,
+    bias: bool,
+    sample_bias: bool,
+    residual: Option<f32>,
+}
+
+fn geometry(stride: usize, [top, bottom, left, right]: [usize; 4]) -> Conv2dGeometry {
+    Conv2dGeometry {
+        stride,
+        pad_top: top,
+        pad_bottom: bottom,
+        pad_left: left,
+        pad_right: right,
+    }
+}
+
+fn tensor_core_conv(precision: Precision, c: &ConvCase, copies: Copies) {
+    let m = module("conv_mma", &[elem_define(precision)]);
+    let seed = (c.height * 100 + c.cin * 10 + c.cout) as u64;
+    let x = rounded(
+        precision,
+        &random(c.batch * c.height * c.width * c.cin, seed),
+    );
+    let w_shape = [c.kernel, c.kernel, c.cin, c.cout];
+    let w = rounded(precision, &random(w_shape.iter().product(), seed + 1));
+    let bias = rounded(precision, &random(c.cout, seed + 2));
+    let sample_bias = rounded(precision, &random(c.batch * c.cout, seed + 3));
+
+    let cpu = CpuBackend::new();
+    let x_shape = [c.batch, c.height, c.width, c.cin];
+    let probe = (
+        cpu.tensor(&x_shape, x.clone()).expect("x"),
+        cpu.tensor(&w_shape, w.clone()).expect("w"),
+    );
+    let d = shapes::conv2d(&probe.0, &probe.1, None, &c.geometry).expect("a valid convolution");
+    let out_len = d.rows() * c.cout;
+    let residual = rounded(precision, &random(out_len, seed + 4));
+
+    let run = |b: &dyn Backend| {
+        let t = |shape: &[usize], data: &[f32]| b.tensor(shape, data.to_vec()).expect("tensor");
+        let bias_t = c.bias.then(|| t(&[c.cout], &bias));
+        let sample_t = c.sample_bias.then(|| t(&[c.batch, c.cout], &sample_bias));
+        let residual_t = c.residual.map(|_| t(&d.out_shape(), &residual));
+        let epilogue = ConvEpilogue {
+            sample_bias: sample_t.as_ref(),
+            residual: residual_t.as_ref().zip(c.residual),
+        };
+        let out = b
+            .conv2d_epilogue(
+                &t(&x_shape, &x),
+                &t(&w_shape, &w),
+                bias_t.as_ref(),
+                &c.geometry,
+                epilogue,
+            )
+            .expect("conv2d_epilogue");
+        b.to_host(&out).expect("to_host")
+    };
+    let reference = run(&cpu);
+    let plain = run(&RoundingBackend::new(precision));
+
+    let mut buffers =
+        [&x, &w, &bias, &sample_bias, &residual].map(|v| Halves::encode(precision, v));
+    let [xa, wa, ba, sa, ra] = buffers.each_mut().map(|h| h.addr());
+    let mut out = Halves::filled(out_len, nan_bits(precision));
+    let oa = out.addr();
+    let (ba, sa, ra) = (
+        if c.bias { ba } else { 0 },
+        if c.sample_bias { sa } else { 0 },
+        if c.residual.is_some() { ra } else { 0 },
+    );
+    let scale = c.residual.unwrap_or(1.0);
+    let [h, wi, cin, kh, kw, stride, pad_top, pad_left, oh, ow] =
+        conv_geometry_args(&d, &c.geometry);
+    #[rustfmt::skip]
+    type Kernel = unsafe extern "C" fn(
+        usize, usize, usize, usize, usize, usize, f32,
+        u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32,
+    );
+    let kernel: Kernel = m.symbol("conv_mma");
+    let (n, cout) = (c.batch as u32, c.cout as u32);
+    m.launch(
+        (conv_mma_tiles(&d) as u32, 1, 1),
+        CONV_MMA_THREADS,
+        copies,
+        &|| unsafe {
+            kernel(
+                oa, xa, wa, ba, sa, ra, scale, n, h, wi, cin, kh, kw, stride, pad_top, pad_left,
+                oh, ow, cout,
+            )
+        },
+    );
+    let got = out.decode(precision);
+    let what = format!(
+        "conv_mma {precision} {}x{}x{}x{} -> {} k{} s{} {copies:?}",
+        c.batch, c.height, c.width, c.cin, c.cout, c.kernel, c.geometry.stride
+    );
+    let (err, plain_err) = assert_within_plain(&what, &got, &reference, &plain);
+    eprintln!("{what}: {err:.2e} (plain {plain_err:.2e})");
+}
+
+fn conv_cases() -> Vec<ConvCase> {
+    vec![
+        // A ResNet convolution: padding 1, every epilogue term, one partial tile.
+        ConvCase {
+            batch: 2,
+            height: 9,
+            width: 7,
+            cin: 16,
+            cout: 24,
+            kernel: 3,
+            geometry: geometry(1, [1, 1, 1, 1]),
+            bias: true,
+            sample_bias: true,
+            residual: Some(0.7),
+        },
+        // A downsampler: stride 2, padding only bottom and right, two channel tiles,
+        // K = 360 over 12 K tiles.
+        ConvCase {
+            batch: 1,
+            height: 17,
+            width: 13,
+            cin: 40,
+            cout: 136,
+            kernel: 3,
+            geometry: geometry(2, [0, 1, 0, 1]),
+            bias: true,
+            sample_bias: false,
+            residual: None,
+        },
+        // Two pixel tiles; 8 input channels, so a K chunk's tap runs ahead of the tile's.
+        ConvCase {
+            batch: 1,
+            height: 12,
+            width: 12,
+            cin: 8,
+            cout: 8,
+            kernel: 3,
+            geometry: geometry(1, [1, 1, 1, 1]),
+            bias: false,
+            sample_bias: false,
+            residual: None,
+        },
+        // 1×1 with stride 2 (no GEMM shortcut) and a residual.
+        ConvCase {
+            batch: 2,
+            height: 10,
+            width: 10,
+            cin: 32,
+            cout: 16,
+            kernel: 1,
+            geometry: geometry(2, [0, 0, 0, 0]),
+            bias: true,
+            sample_bias: false,
+            residual: Some(1.0),
+        },
+    ]
+}
+
+#[test]
+fn tensor_core_conv_f16() {
+    for c in conv_cases() {
+        tensor_core_conv(Precision::F16, &c, Copies::AtWait);
+    }
+}
+
+#[test]
+fn tensor_core_conv_bf16() {
+    for c in conv_cases() {
+        tensor_core_conv(Precision::BF16, &c, Copies::AtWait);
+    }
+}
+
+/// The stages refilled while copies land at once: a refill of a stage still being read
+/// would show.
+#[test]
+fn tensor_core_conv_copies_landing_early() {
+    for c in conv_cases().iter().take(2) {
+        tensor_core_conv(Precision::F16, c, Copies::AtIssue);
+    }
+}
+
+// ---- guided_step.cu ----------------------------------------------------------------------
+
+/// The fused step's kernel against its host twin, for a model output in `precision`:
+/// CFG with rescale, a slot without CFG, the reward shift, history, noise and clipping,
+/// over a sample size that is no multiple of the block.
+fn fused_step(precision: Precision) {
+    let m = module("guided_step", &[elem_define(precision)]);
+    let per = 300;
+    let update = |history: f32, noise: f32, clip: Option<f32>| LinearStep {
+        x0_from_sample: 1.3,
+        x0_from_output: -0.6,
+        clip,
+        sample: 0.9,
+        output: 0.2,
+        x0: 0.1,
+        history,
+        noise,
+    };
+    let slots = [
+        SlotStep {
+            uncond_row: Some(0),
+            cond_row: 3,
+            cfg_scale: 7.5,
+            cfg_rescale: 0.7,
+            shifted: true,
+            update: update(0.4, 0.0, Some(1.0)),
+        },
+        SlotStep {
+            uncond_row: Some(1),
+            cond_row: 4,
+            cfg_scale: 3.0,
+            cfg_rescale: 0.0,
+            shifted: false,
+            update: update(0.0, 0.3, None),
+        },
+        SlotStep {
+            uncond_row: None,
+            cond_row: 2,
+            cfg_scale: 1.0,
+            cfg_rescale: 0.5,
+            shifted: true,
+            update: update(0.2, 0.5, Some(0.5)),
+        },
+    ];
+    let rows = 5;
+    let model_out = random(rows * per, 11);
+    let model_out = match precision {
+        Precision::F32 => model_out,
+        p => rounded(p, &model_out),
+    };
+    let n = slots.len() * per;
+    let (latents, history, noise, shift) = (
+        random(n, 12),
+        random(n, 13),
+        random(n, 14),
+        random(n, 15).iter().map(|v| 0.1 * v).collect::<Vec<_>>(),
+    );
+    let buffers = StepBuffers {
+        latents: &latents,
+        history: Some(&history),
+        noise: Some(&noise),
+        shift: Some(&shift),
+    };
+    let want = guided_step_on_host(&model_out, rows, &slots, &buffers).expect("host step");
+
+    let (coeffs, row_table) = kernel_tables(&slots).expect("tables");
+    let mut model16 = (precision != Precision::F32).then(|| Halves::encode(precision, &model_out));
+    let model_addr = match model16.as_mut() {
+        Some(h) => h.addr(),
+        None => model_out.as_ptr() as usize,
+    };
+    let mut next = vec![f32::NAN; n];
+    let mut x0 = vec![f32::NAN; n];
+    let (na, xa) = (next.as_mut_ptr() as usize, x0.as_mut_ptr() as usize);
+    let addr = |v: &[f32]| v.as_ptr() as usize;
+    let (la, ha, za, sa, ca) = (
+        addr(&latents),
+        addr(&history),
+        addr(&noise),
+        addr(&shift),
+        addr(&coeffs),
+    );
+    let ra = row_table.as_ptr() as usize;
+    #[rustfmt::skip]
+    type Kernel = unsafe extern "C" fn(
+        usize, usize, usize, usize, usize, usize, usize, usize, usize, u32,
+    );
+    let kernel: Kernel = m.symbol("guided_step");
+    m.launch(
+        (slots.len() as u32, 1, 1),
+        GUIDED_STEP_THREADS,
+        Copies::AtWait,
+        &|| unsafe { kernel(na, xa, model_addr, la, ha, za, sa, ca, ra, per as u32) },
+    );
+    for (name, got, reference) in [("next", &next, &want.next), ("x0", &x0, &want.x0)] {
+        let err = rel_l2(got, reference);
+        assert!(
+            err <= 1e-6,
+            "guided_step {precision} {name}: relative L2 {err:.3e} against the host step"
+        );
+        eprintln!("guided_step {precision} {name}: {err:.2e}");
+    }
+}
+
+#[test]
+fn fused_step_kernel_matches_the_host_step() {
+    for p in [Precision::F32, Precision::F16, Precision::BF16] {
+        fused_step(p);
+    }
+}
+
+// ---- the reward classifier's ops (pool.cu, conv.cu's col2im, elementwise.cu), f32 --------
+
+/// Grid-stride kernels are right for any grid: a small one keeps the threads few.
+const SMALL_GRID: (u32, u32, u32) = (3, 1, 1);
+const SMALL_BLOCK: u32 = 64;
+
+fn backward_ops_module(file: &str) -> Arc<HostModule> {
+    module(file, &[elem_define(Precision::F32)])
+}
+
+#[test]
+fn classifier_pool_kernels_match_the_cpu() {
+    let m = backward_ops_module("pool");
+    let cpu = CpuBackend::new();
+    // 11 × 9 with a 2 × 2 window: the last row and column fill no window.
+    let (n, h, w, c, k) = (2, 11, 9, 3, 2);
+    let x = random(n * h * w * c, 21);
+    let xt = cpu.tensor(&[n, h, w, c], x.clone()).expect("x");
+    let d = shapes::avg_pool(&xt, k).expect("pool dims");
+    let want = cpu
+        .to_host(&cpu.avg_pool(&xt, k).expect("avg_pool"))
+        .expect("host");
+    let dims = [
+        d.height,
+        d.width,
+        d.channels,
+        d.kernel,
+        d.out_height,
+        d.out_width,
+    ]
+    .map(|v| v as u32);
+    type Kernel = unsafe extern "C" fn(usize, usize, u32, u32, u32, u32, u32, u32, u64);
+    let pool: Kernel = m.symbol("avg_pool");
+    let mut out = vec![f32::NAN; want.len()];
+    let (oa, xa, total) = (
+        out.as_mut_ptr() as usize,
+        x.as_ptr() as usize,
+        want.len() as u64,
+    );
+    let [a, b, cc, kk, oh, ow] = dims;
+    m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+        pool(oa, xa, a, b, cc, kk, oh, ow, total)
+    });
+    assert!(
+        rel_l2(&out, &want) <= 1e-6,
+        "avg_pool: {:.3e}",
+        rel_l2(&out, &want)
+    );
+
+    let dy = random(want.len(), 22);
+    let dyt = cpu.tensor(&d.out_shape(), dy.clone()).expect("dy");
+    let want = cpu
+        .to_host(&cpu.avg_pool_backward(&dyt, k, h, w).expect("backward"))
+        .expect("host");
+    let backward: Kernel = m.symbol("avg_pool_backward");
+    let mut dx = vec![f32::NAN; want.len()];
+    let (da, ya, total) = (
+        dx.as_mut_ptr() as usize,
+        dy.as_ptr() as usize,
+        want.len() as u64,
+    );
+    m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+        backward(da, ya, a, b, cc, kk, oh, ow, total)
+    });
+    assert!(
+        rel_l2(&dx, &want) <= 1e-6,
+        "avg_pool_backward: {:.3e}",
+        rel_l2(&dx, &want)
+    );
+}
+
+#[test]
+fn classifier_col2im_kernel_matches_the_cpu() {
+    let m = backward_ops_module("conv");
+    let cpu = CpuBackend::new();
+    for (input, (kh, kw), g) in [
+        ([2, 7, 6, 3], (3, 3), geometry(1, [1, 1, 1, 1])),
+        ([1, 9, 8, 2], (3, 3), geometry(2, [0, 1, 0, 1])),
+        ([1, 8, 8, 4], (5, 5), geometry(2, [2, 2, 2, 2])),
+    ] {
+        let x = cpu
+            .tensor(&input, vec![0.0; input.iter().product()])
+            .expect("x");
+        let w = cpu
+            .tensor(&[kh, kw, input[3], 1], vec![0.0; kh * kw * input[3]])
+            .expect("w");
+        let d = shapes::conv2d(&x, &w, None, &g).expect("conv dims");
+        let dpatches = random(d.rows() * kh * kw * input[3], 23);
+        let dp = cpu
+            .tensor(&[d.rows(), kh * kw * input[3]], dpatches.clone())
+            .expect("dpatches");
+        let want = cpu
+            .to_host(&cpu.col2im(&dp, input, (kh, kw), &g).expect("col2im"))
+            .expect("host");
+        #[rustfmt::skip]
+        type Kernel = unsafe extern "C" fn(
+            usize, usize, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u64,
+        );
+        let kernel: Kernel = m.symbol("col2im");
+        let [h, wi, cin, kh32, kw32, stride, pad_top, pad_left, oh, ow] =
+            conv_geometry_args(&d, &g);
+        let mut dx = vec![f32::NAN; want.len()];
+        let (da, pa, total) = (
+            dx.as_mut_ptr() as usize,
+            dpatches.as_ptr() as usize,
+            want.len() as u64,
+        );
+        m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+            kernel(
+                da, pa, h, wi, cin, kh32, kw32, stride, pad_top, pad_left, oh, ow, total,
+            )
+        });
+        let err = rel_l2(&dx, &want);
+        assert!(
+            err <= 1e-6,
+            "col2im {input:?} k{kh}x{kw} s{}: {err:.3e}",
+            g.stride
+        );
+    }
+}
+
+#[test]
+fn classifier_activation_derivatives_match_the_cpu() {
+    let m = backward_ops_module("elementwise");
+    let cpu = CpuBackend::new();
+    let n = 1000;
+    let x = random(n, 24);
+    for (act, name) in [
+        (Activation::Silu, "silu_with_derivative"),
+        (Activation::Relu, "relu_with_derivative"),
+    ] {
+        let mut xt = cpu.tensor(&[n], x.clone()).expect("x");
+        let dt = cpu
+            .activation_assign(&mut xt, act, true)
+            .expect("activation")
+            .expect("a derivative");
+        let (want_x, want_d) = (
+            cpu.to_host(&xt).expect("host"),
+            cpu.to_host(&dt).expect("host"),
+        );
+        let kernel: unsafe extern "C" fn(usize, usize, u64) = m.symbol(name);
+        let mut got_x = x.clone();
+        let mut got_d = vec![f32::NAN; n];
+        let (xa, da) = (got_x.as_mut_ptr() as usize, got_d.as_mut_ptr() as usize);
+        m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+            kernel(xa, da, n as u64)
+        });
+        for (what, got, want) in [("value", &got_x, &want_x), ("derivative", &got_d, &want_d)] {
+            let err = rel_l2(got, want);
+            assert!(err <= 1e-6, "{name} {what}: {err:.3e}");
+        }
+    }
+}
