@@ -806,3 +806,375 @@ fn classifier_activation_derivatives_match_the_cpu() {
         }
     }
 }
+
+// ---- the other kernels in f16 and bf16 ---------------------------------------------------
+
+/// One op's inputs, rounded to `precision`, as host values and as 16-bit buffers.
+struct Inputs16 {
+    precision: Precision,
+    values: Vec<Vec<f32>>,
+    buffers: Vec<Halves>,
+}
+
+impl Inputs16 {
+    fn new(precision: Precision, lens: &[usize], seed: u64) -> Self {
+        let values: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| rounded(precision, &random(n, seed + i as u64)))
+            .collect();
+        let buffers = values
+            .iter()
+            .map(|v| Halves::encode(precision, v))
+            .collect();
+        Inputs16 {
+            precision,
+            values,
+            buffers,
+        }
+    }
+
+    fn addr(&mut self, i: usize) -> usize {
+        self.buffers[i].addr()
+    }
+
+    /// `op` on the CPU backend and on the plain same-precision backend, against the
+    /// kernel's output: DESIGN.md's rule for 16-bit kernels.
+    fn check(
+        &self,
+        what: &str,
+        out: &mut Halves,
+        op: impl Fn(&dyn Backend, &[Vec<f32>]) -> Vec<f32>,
+    ) {
+        let got = out.decode(self.precision);
+        let reference = op(&CpuBackend::new(), &self.values);
+        let plain = op(&RoundingBackend::new(self.precision), &self.values);
+        let p = self.precision;
+        let (err, plain_err) =
+            assert_within_plain(&format!("{what} {p}"), &got, &reference, &plain);
+        eprintln!("{what} {p}: {err:.2e} (plain {plain_err:.2e})");
+    }
+}
+
+fn host_tensor(b: &dyn Backend, shape: &[usize], values: &[f32]) -> diffsteer::tensor::Tensor {
+    b.tensor(shape, values.to_vec()).expect("tensor")
+}
+
+fn host_values(b: &dyn Backend, t: &diffsteer::tensor::Tensor) -> Vec<f32> {
+    b.to_host(t).expect("to_host")
+}
+
+fn norms_16(p: Precision) {
+    let m = module("norm", &[elem_define(p)]);
+    // Group norm with SiLU: [2, 5, 6, 32], 8 groups.
+    let (n, h, w, c, groups) = (2usize, 5usize, 6usize, 32usize, 8usize);
+    let mut inputs = Inputs16::new(p, &[n * h * w * c, c, c], 31);
+    let mut affine = vec![f32::NAN; n * 2 * c];
+    let mut out = Halves::filled(n * h * w * c, nan_bits(p));
+    let (fa, xa, ga, ba, oa) = (
+        affine.as_mut_ptr() as usize,
+        inputs.addr(0),
+        inputs.addr(1),
+        inputs.addr(2),
+        out.addr(),
+    );
+    type Stats = unsafe extern "C" fn(usize, usize, usize, usize, u32, u32, u32, f32);
+    type Apply = unsafe extern "C" fn(usize, usize, usize, u64, u32, i32, u64);
+    let stats: Stats = m.symbol("group_norm_affine");
+    let apply: Apply = m.symbol("apply_affine");
+    let eps = 1e-5f32;
+    m.launch(
+        ((n * groups) as u32, 1, 1),
+        256,
+        Copies::AtWait,
+        &|| unsafe { stats(fa, xa, ga, ba, (h * w) as u32, c as u32, groups as u32, eps) },
+    );
+    let total = (n * h * w * c) as u64;
+    m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+        apply(oa, xa, fa, (h * w * c) as u64, c as u32, 1, total)
+    });
+    inputs.check("group_norm + silu", &mut out, |b, v| {
+        let t = b
+            .group_norm(
+                &host_tensor(b, &[n, h, w, c], &v[0]),
+                groups,
+                &host_tensor(b, &[c], &v[1]),
+                &host_tensor(b, &[c], &v[2]),
+                eps,
+                true,
+            )
+            .expect("group_norm");
+        host_values(b, &t)
+    });
+
+    // Layer norm: 14 rows of 40, four warps (rows) per block.
+    let (rows, cols) = (14usize, 40usize);
+    let mut inputs = Inputs16::new(p, &[rows * cols, cols, cols], 32);
+    let mut out = Halves::filled(rows * cols, nan_bits(p));
+    let (oa, xa, ga, ba) = (out.addr(), inputs.addr(0), inputs.addr(1), inputs.addr(2));
+    type Layer = unsafe extern "C" fn(usize, usize, usize, usize, u32, u64, f32);
+    let layer: Layer = m.symbol("layer_norm");
+    m.launch(
+        (rows.div_ceil(4) as u32, 1, 1),
+        128,
+        Copies::AtWait,
+        &|| unsafe { layer(oa, xa, ga, ba, cols as u32, rows as u64, eps) },
+    );
+    inputs.check("layer_norm", &mut out, |b, v| {
+        let t = b
+            .layer_norm(
+                &host_tensor(b, &[2, 7, cols], &v[0]),
+                &host_tensor(b, &[cols], &v[1]),
+                &host_tensor(b, &[cols], &v[2]),
+                eps,
+            )
+            .expect("layer_norm");
+        host_values(b, &t)
+    });
+}
+
+fn scalar_attention_16(p: Precision, head_dim: usize) {
+    let mut defines = head_dim_define(head_dim);
+    defines.push(elem_define(p));
+    let m = module("attention", &defines);
+    let (batch, heads, lq, lk) = (2usize, 2usize, 13usize, 41usize);
+    let width = heads * head_dim;
+    let mut inputs = Inputs16::new(
+        p,
+        &[batch * lq * width, batch * lk * width, batch * lk * width],
+        33,
+    );
+    let mut out = Halves::filled(batch * lq * width, nan_bits(p));
+    let (oa, qa, ka, va) = (out.addr(), inputs.addr(0), inputs.addr(1), inputs.addr(2));
+    type Kernel = unsafe extern "C" fn(usize, usize, usize, usize, u32, u32, u32, u32, f32);
+    let kernel: Kernel = m.symbol("attention_scalar");
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let warps = batch * heads * lq;
+    m.launch(
+        (warps.div_ceil(4) as u32, 1, 1),
+        128,
+        Copies::AtWait,
+        &|| unsafe {
+            kernel(
+                oa,
+                qa,
+                ka,
+                va,
+                batch as u32,
+                lq as u32,
+                lk as u32,
+                heads as u32,
+                scale,
+            )
+        },
+    );
+    inputs.check(
+        &format!("attention_scalar d{head_dim}"),
+        &mut out,
+        |b, v| {
+            let t = |data: &[f32], l| host_tensor(b, &[batch, l, width], data);
+            let o = b
+                .attention(&t(&v[0], lq), &t(&v[1], lk), &t(&v[2], lk), heads)
+                .expect("attention");
+            host_values(b, &o)
+        },
+    );
+}
+
+fn elementwise_16(p: Precision) {
+    let m = module("elementwise", &[elem_define(p)]);
+    let shape = [2usize, 3, 4, 6];
+    let len: usize = shape.iter().product();
+    let go = |kernel: &(dyn Fn() + Sync)| m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, kernel);
+
+    // x <- silu(x); x <- (x + y) * scale for scale 1 and 0.7; x <- x + bias[sample].
+    let mut inputs = Inputs16::new(p, &[len, len, 2 * 6], 34);
+    let silu: unsafe extern "C" fn(usize, u64) = m.symbol("silu_inplace");
+    let mut x = Halves::encode(p, &inputs.values[0]);
+    let xa = x.addr();
+    go(&|| unsafe { silu(xa, len as u64) });
+    inputs.check("silu_inplace", &mut x, |b, v| {
+        let mut t = host_tensor(b, &shape, &v[0]);
+        b.silu_assign(&mut t).expect("silu");
+        host_values(b, &t)
+    });
+    let add: unsafe extern "C" fn(usize, usize, f32, u64) = m.symbol("add_scaled");
+    for scale in [1.0f32, 0.7] {
+        let mut x = Halves::encode(p, &inputs.values[0]);
+        let (xa, ya) = (x.addr(), inputs.addr(1));
+        go(&|| unsafe { add(xa, ya, scale, len as u64) });
+        inputs.check(&format!("add_scaled x{scale}"), &mut x, |b, v| {
+            let mut t = host_tensor(b, &shape, &v[0]);
+            b.add_assign(&mut t, &host_tensor(b, &shape, &v[1]), scale)
+                .expect("add");
+            host_values(b, &t)
+        });
+    }
+    let bias: unsafe extern "C" fn(usize, usize, u64, u32, u64) = m.symbol("channel_bias");
+    let mut x = Halves::encode(p, &inputs.values[0]);
+    let (xa, ba) = (x.addr(), inputs.addr(2));
+    go(&|| unsafe { bias(xa, ba, (len / 2) as u64, 6, len as u64) });
+    inputs.check("channel_bias", &mut x, |b, v| {
+        let mut t = host_tensor(b, &shape, &v[0]);
+        b.add_channel_bias_assign(&mut t, &host_tensor(b, &[2, 6], &v[2]))
+            .expect("channel bias");
+        host_values(b, &t)
+    });
+
+    // GEGLU over rows of 2 × 24.
+    let mut inputs = Inputs16::new(p, &[3 * 48], 35);
+    let mut out = Halves::filled(3 * 24, nan_bits(p));
+    let geglu: unsafe extern "C" fn(usize, usize, u32, u64) = m.symbol("geglu");
+    let (oa, xa) = (out.addr(), inputs.addr(0));
+    go(&|| unsafe { geglu(oa, xa, 24, 72) });
+    inputs.check("geglu", &mut out, |b, v| {
+        host_values(
+            b,
+            &b.geglu(&host_tensor(b, &[3, 48], &v[0])).expect("geglu"),
+        )
+    });
+
+    // Nearest resize 3 × 5 -> 7 × 9 (ratios that are not integers).
+    let mut inputs = Inputs16::new(p, &[3 * 5 * 4], 36);
+    let mut out = Halves::filled(7 * 9 * 4, nan_bits(p));
+    type Upsample = unsafe extern "C" fn(usize, usize, u32, u32, u32, u32, u32, u64);
+    let upsample: Upsample = m.symbol("upsample_nearest");
+    let (oa, xa) = (out.addr(), inputs.addr(0));
+    go(&|| unsafe { upsample(oa, xa, 3, 5, 4, 7, 9, 7 * 9 * 4) });
+    inputs.check("upsample_nearest", &mut out, |b, v| {
+        let t = b
+            .upsample_nearest(&host_tensor(b, &[1, 3, 5, 4], &v[0]), 7, 9)
+            .expect("upsample");
+        host_values(b, &t)
+    });
+
+    // Concatenation of 5 and 3 channels.
+    let mut inputs = Inputs16::new(p, &[2 * 3 * 5, 2 * 3 * 3], 37);
+    let mut out = Halves::filled(2 * 3 * 8, nan_bits(p));
+    let concat: unsafe extern "C" fn(usize, usize, usize, u32, u32, u64) =
+        m.symbol("concat_channels");
+    let (oa, aa, ba) = (out.addr(), inputs.addr(0), inputs.addr(1));
+    go(&|| unsafe { concat(oa, aa, ba, 5, 3, 48) });
+    inputs.check("concat_channels", &mut out, |b, v| {
+        let t = b
+            .concat_channels(
+                &host_tensor(b, &[1, 2, 3, 5], &v[0]),
+                &host_tensor(b, &[1, 2, 3, 3], &v[1]),
+            )
+            .expect("concat");
+        host_values(b, &t)
+    });
+
+    // The timestep embedding: 16 sinusoids padded to 20 columns, cos first.
+    let (timesteps, frequencies) = (
+        [0.0f32, 17.0, 999.0],
+        (0..8).map(|i| (-0.5 * i as f32).exp()).collect::<Vec<_>>(),
+    );
+    let mut out = Halves::filled(3 * 20, nan_bits(p));
+    type Embedding = unsafe extern "C" fn(usize, usize, usize, u32, u32, i32, u64);
+    let embedding: Embedding = m.symbol("timestep_embedding");
+    let (oa, ta, fa) = (
+        out.addr(),
+        timesteps.as_ptr() as usize,
+        frequencies.as_ptr() as usize,
+    );
+    go(&|| unsafe { embedding(oa, ta, fa, 8, 20, 1, 60) });
+    let inputs = Inputs16::new(p, &[], 38);
+    inputs.check("timestep_embedding", &mut out, |b, _| {
+        host_values(
+            b,
+            &b.timestep_embedding(&timesteps, &frequencies, 20, true)
+                .expect("embedding"),
+        )
+    });
+}
+
+/// im2col and fill_rows (the convolution path through cuBLAS) have no op of their own
+/// on the CPU backend: their references are written out here.
+fn patches_16(p: Precision) {
+    let m = module("conv", &[elem_define(p)]);
+    let (n, h, w, cin, k) = (1usize, 5usize, 4usize, 3usize, 3usize);
+    let g = geometry(2, [1, 0, 0, 1]);
+    let mut inputs = Inputs16::new(p, &[n * h * w * cin], 39);
+    let cpu = CpuBackend::new();
+    let x = host_tensor(&cpu, &[n, h, w, cin], &inputs.values[0]);
+    let wt = host_tensor(&cpu, &[k, k, cin, 1], &vec![0.0; k * k * cin]);
+    let d = shapes::conv2d(&x, &wt, None, &g).expect("conv dims");
+    let patch = k * k * cin;
+    // Pixels 1.. only: the backend cuts im2col into pieces that start past pixel 0.
+    let first = 1usize;
+    let count = d.rows() - first;
+    let mut want = vec![0f32; count * patch];
+    for (r, row) in want.chunks_mut(patch).enumerate() {
+        let pixel = first + r;
+        let (oy, ox) = (pixel / d.out_width, pixel % d.out_width);
+        for (col, value) in row.iter_mut().enumerate() {
+            let (tap, ci) = (col / cin, col % cin);
+            let (ky, kx) = (tap / k, tap % k);
+            let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+            let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+            if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                *value = inputs.values[0][(iy as usize * w + ix as usize) * cin + ci];
+            }
+        }
+    }
+    #[rustfmt::skip]
+    type Im2col = unsafe extern "C" fn(
+        usize, usize, u32, u32, u32, u32, u32, u32, u32, u32, u32, u32, u64, u64,
+    );
+    let im2col: Im2col = m.symbol("im2col");
+    let mut out = Halves::filled(want.len(), nan_bits(p));
+    let (oa, xa) = (out.addr(), inputs.addr(0));
+    let [hh, ww, cc, kh, kw, stride, pad_top, pad_left, oh, ow] = conv_geometry_args(&d, &g);
+    m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+        im2col(
+            oa,
+            xa,
+            hh,
+            ww,
+            cc,
+            kh,
+            kw,
+            stride,
+            pad_top,
+            pad_left,
+            oh,
+            ow,
+            first as u64,
+            want.len() as u64,
+        )
+    });
+    assert_eq!(out.decode(p), want, "im2col {p}: the patches are copies");
+
+    let m = module("elementwise", &[elem_define(p)]);
+    let mut row = Halves::encode(p, &inputs.values[0][..7]);
+    let mut out = Halves::filled(5 * 7, nan_bits(p));
+    let fill: unsafe extern "C" fn(usize, usize, u32, u64) = m.symbol("fill_rows");
+    let (oa, ra) = (out.addr(), row.addr());
+    m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+        fill(oa, ra, 7, 35)
+    });
+    assert_eq!(
+        out.decode(p),
+        inputs.values[0][..7].repeat(5),
+        "fill_rows {p}"
+    );
+}
+
+#[test]
+fn other_kernels_f16() {
+    norms_16(Precision::F16);
+    scalar_attention_16(Precision::F16, 8);
+    scalar_attention_16(Precision::F16, 40);
+    elementwise_16(Precision::F16);
+    patches_16(Precision::F16);
+}
+
+#[test]
+fn other_kernels_bf16() {
+    norms_16(Precision::BF16);
+    scalar_attention_16(Precision::BF16, 8);
+    scalar_attention_16(Precision::BF16, 160);
+    elementwise_16(Precision::BF16);
+    patches_16(Precision::BF16);
+}
