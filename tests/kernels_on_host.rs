@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::rel_l2;
 use diffsteer::backend::cuda::kernels::{
     attention_mma_block_q, conv_geometry_args, conv_mma_tiles, elem_define, head_dim_define,
-    ATTENTION_MMA_THREADS, CONV_MMA_THREADS, GUIDED_STEP_THREADS,
+    pool_geometry_args, ATTENTION_MMA_THREADS, CONV_MMA_THREADS, GUIDED_STEP_THREADS,
 };
 use diffsteer::backend::guided_step::{guided_step_on_host, kernel_tables};
 use diffsteer::backend::rounding::RoundingBackend;
@@ -263,6 +263,28 @@ fn assert_within_plain(what: &str, out: &[f32], reference: &[f32], plain: &[f32]
     (err, plain_err)
 }
 
+/// The attention kernels' shared parameter list: out, q, k, v (buffer addresses),
+/// batch, lq, lk, heads, and the scale 1/√d.
+#[allow(clippy::too_many_arguments)]
+fn launch_attention(
+    m: &HostModule,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    copies: Copies,
+    [o, q, k, v]: [usize; 4],
+    (batch, heads, lq, lk): (usize, usize, usize, usize),
+    head_dim: usize,
+) {
+    type Kernel = unsafe extern "C" fn(usize, usize, usize, usize, u32, u32, u32, u32, f32);
+    let kernel: Kernel = m.symbol(name);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let dims = [batch, lq, lk, heads].map(|v| v as u32);
+    m.launch(grid, block, copies, &|| unsafe {
+        kernel(o, q, k, v, dims[0], dims[1], dims[2], dims[3], scale)
+    });
+}
+
 // ---- attention_mma.cu --------------------------------------------------------------------
 
 fn tensor_core_attention(
@@ -286,28 +308,21 @@ fn tensor_core_attention(
         Halves::encode(precision, &v),
     );
     let mut out = Halves::filled(batch * lq * width, nan_bits(precision));
-    type Kernel = unsafe extern "C" fn(usize, usize, usize, usize, u32, u32, u32, u32, f32);
-    let kernel: Kernel = m.symbol("attention_mma");
-    let (o, qa, ka, va) = (out.addr(), q16.addr(), k16.addr(), v16.addr());
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let grid = (
         lq.div_ceil(attention_mma_block_q(head_dim)) as u32,
         heads as u32,
         batch as u32,
     );
-    m.launch(grid, ATTENTION_MMA_THREADS, copies, &|| unsafe {
-        kernel(
-            o,
-            qa,
-            ka,
-            va,
-            batch as u32,
-            lq as u32,
-            lk as u32,
-            heads as u32,
-            scale,
-        )
-    });
+    launch_attention(
+        &m,
+        "attention_mma",
+        grid,
+        ATTENTION_MMA_THREADS,
+        copies,
+        [out.addr(), q16.addr(), k16.addr(), v16.addr()],
+        (batch, heads, lq, lk),
+        head_dim,
+    );
     let got = out.decode(precision);
 
     let run = |b: &dyn Backend| {
@@ -675,15 +690,7 @@ fn classifier_pool_kernels_match_the_cpu() {
     let want = cpu
         .to_host(&cpu.avg_pool(&xt, k).expect("avg_pool"))
         .expect("host");
-    let dims = [
-        d.height,
-        d.width,
-        d.channels,
-        d.kernel,
-        d.out_height,
-        d.out_width,
-    ]
-    .map(|v| v as u32);
+    let dims = pool_geometry_args(&d);
     type Kernel = unsafe extern "C" fn(usize, usize, u32, u32, u32, u32, u32, u32, u64);
     let pool: Kernel = m.symbol("avg_pool");
     let mut out = vec![f32::NAN; want.len()];
@@ -945,28 +952,17 @@ fn scalar_attention_16(p: Precision, head_dim: usize) {
         33,
     );
     let mut out = Halves::filled(batch * lq * width, nan_bits(p));
-    let (oa, qa, ka, va) = (out.addr(), inputs.addr(0), inputs.addr(1), inputs.addr(2));
-    type Kernel = unsafe extern "C" fn(usize, usize, usize, usize, u32, u32, u32, u32, f32);
-    let kernel: Kernel = m.symbol("attention_scalar");
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    // One warp per (image, head, query row), four warps a block.
     let warps = batch * heads * lq;
-    m.launch(
+    launch_attention(
+        &m,
+        "attention_scalar",
         (warps.div_ceil(4) as u32, 1, 1),
         128,
         Copies::AtWait,
-        &|| unsafe {
-            kernel(
-                oa,
-                qa,
-                ka,
-                va,
-                batch as u32,
-                lq as u32,
-                lk as u32,
-                heads as u32,
-                scale,
-            )
-        },
+        [out.addr(), inputs.addr(0), inputs.addr(1), inputs.addr(2)],
+        (batch, heads, lq, lk),
+        head_dim,
     );
     inputs.check(
         &format!("attention_scalar d{head_dim}"),

@@ -12,8 +12,8 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use super::device::CudaDevice;
 use super::kernels::{
     attention_mma_block_q, conv_geometry_args, conv_mma_tiles, elem_define, head_dim_define,
-    KernelSource, ATTENTION, ATTENTION_MMA, ATTENTION_MMA_THREADS, CONV, CONV_MMA,
-    CONV_MMA_THREADS, ELEMENTWISE, GUIDED_STEP, GUIDED_STEP_THREADS, NORM, POOL,
+    pool_geometry_args, KernelSource, ATTENTION, ATTENTION_MMA, ATTENTION_MMA_THREADS, CONV,
+    CONV_MMA, CONV_MMA_THREADS, ELEMENTWISE, GUIDED_STEP, GUIDED_STEP_THREADS, NORM, POOL,
 };
 use crate::backend::guided_step::{check_step, kernel_tables};
 use crate::backend::shapes::{self, ConvDims};
@@ -456,15 +456,7 @@ impl CudaBackend {
         total: u64,
     ) -> Result<()> {
         let f = self.function(&POOL, Vec::new(), name)?;
-        let dims = [
-            d.height,
-            d.width,
-            d.channels,
-            d.kernel,
-            d.out_height,
-            d.out_width,
-        ]
-        .map(|v| v as u32);
+        let dims = pool_geometry_args(d);
         let mut l = self.device.stream().launch_builder(&f);
         l.arg(out).arg(x);
         for v in &dims {

@@ -7,7 +7,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
-use crate::backend::shapes::ConvDims;
+use crate::backend::shapes::{ConvDims, PoolDims};
 use crate::backend::Conv2dGeometry;
 use crate::tensor::Precision;
 
@@ -125,6 +125,20 @@ pub fn conv_geometry_args(d: &ConvDims, g: &Conv2dGeometry) -> [u32; 10] {
         g.stride,
         g.pad_top,
         g.pad_left,
+        d.out_height,
+        d.out_width,
+    ]
+    .map(|v| v as u32)
+}
+
+/// The geometry arguments, in order, that kernels/pool.cu's `avg_pool` and
+/// `avg_pool_backward` take: h, w, c, k, oh, ow.
+pub fn pool_geometry_args(d: &PoolDims) -> [u32; 6] {
+    [
+        d.height,
+        d.width,
+        d.channels,
+        d.kernel,
         d.out_height,
         d.out_width,
     ]
