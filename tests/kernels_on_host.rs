@@ -491,12 +491,12 @@ fn conv_cases() -> Vec<ConvCase> {
             sample_bias: true,
             residual: Some(0.7),
         },
-        // A downsampler: stride 2, padding only bottom and right, two channel tiles,
-        // K = 360 over 12 K tiles.
+        // A downsampler: stride 2, padding only bottom and right, 2 × 2 output tiles
+        // (162 pixels, 136 channels), K = 360 over 12 K tiles.
         ConvCase {
-            batch: 1,
+            batch: 2,
             height: 17,
-            width: 13,
+            width: 17,
             cin: 40,
             cout: 136,
             kernel: 3,
