@@ -263,6 +263,61 @@ fn assert_within_plain(what: &str, out: &[f32], reference: &[f32], plain: &[f32]
     (err, plain_err)
 }
 
+/// One op's inputs, rounded to `precision`, as host values and as 16-bit buffers.
+struct Inputs16 {
+    precision: Precision,
+    values: Vec<Vec<f32>>,
+    buffers: Vec<Halves>,
+}
+
+impl Inputs16 {
+    fn new(precision: Precision, lens: &[usize], seed: u64) -> Self {
+        let values: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| rounded(precision, &random(n, seed + i as u64)))
+            .collect();
+        let buffers = values
+            .iter()
+            .map(|v| Halves::encode(precision, v))
+            .collect();
+        Inputs16 {
+            precision,
+            values,
+            buffers,
+        }
+    }
+
+    fn addr(&mut self, i: usize) -> usize {
+        self.buffers[i].addr()
+    }
+
+    /// `op` on the CPU backend and on the plain same-precision backend, against the
+    /// kernel's output: DESIGN.md's rule for 16-bit kernels.
+    fn check(
+        &self,
+        what: &str,
+        out: &mut Halves,
+        op: impl Fn(&dyn Backend, &[Vec<f32>]) -> Vec<f32>,
+    ) {
+        let got = out.decode(self.precision);
+        let reference = op(&CpuBackend::new(), &self.values);
+        let plain = op(&RoundingBackend::new(self.precision), &self.values);
+        let p = self.precision;
+        let (err, plain_err) =
+            assert_within_plain(&format!("{what} {p}"), &got, &reference, &plain);
+        eprintln!("{what} {p}: {err:.2e} (plain {plain_err:.2e})");
+    }
+}
+
+fn host_tensor(b: &dyn Backend, shape: &[usize], values: &[f32]) -> diffsteer::tensor::Tensor {
+    b.tensor(shape, values.to_vec()).expect("tensor")
+}
+
+fn host_values(b: &dyn Backend, t: &diffsteer::tensor::Tensor) -> Vec<f32> {
+    b.to_host(t).expect("to_host")
+}
+
 /// The attention kernels' shared parameter list: out, q, k, v (buffer addresses),
 /// batch, lq, lk, heads, and the scale 1/√d.
 #[allow(clippy::too_many_arguments)]
@@ -298,14 +353,10 @@ fn tensor_core_attention(
     let m = module("attention_mma", &defines);
     let width = heads * head_dim;
     let seed = (head_dim * 1000 + lq * 10 + lk) as u64;
-    let q = rounded(precision, &random(batch * lq * width, seed));
-    let k = rounded(precision, &random(batch * lk * width, seed + 1));
-    let v = rounded(precision, &random(batch * lk * width, seed + 2));
-
-    let (mut q16, mut k16, mut v16) = (
-        Halves::encode(precision, &q),
-        Halves::encode(precision, &k),
-        Halves::encode(precision, &v),
+    let mut inputs = Inputs16::new(
+        precision,
+        &[batch * lq * width, batch * lk * width, batch * lk * width],
+        seed,
     );
     let mut out = Halves::filled(batch * lq * width, nan_bits(precision));
     let grid = (
@@ -319,28 +370,18 @@ fn tensor_core_attention(
         grid,
         ATTENTION_MMA_THREADS,
         copies,
-        [out.addr(), q16.addr(), k16.addr(), v16.addr()],
+        [out.addr(), inputs.addr(0), inputs.addr(1), inputs.addr(2)],
         (batch, heads, lq, lk),
         head_dim,
     );
-    let got = out.decode(precision);
-
-    let run = |b: &dyn Backend| {
-        let t = |data: &[f32], l| b.tensor(&[batch, l, width], data.to_vec()).expect("tensor");
-        let out = b
-            .attention(&t(&q, lq), &t(&k, lk), &t(&v, lk), heads)
+    let what = format!("attention_mma d{head_dim} b{batch} h{heads} {lq}x{lk} {copies:?}");
+    inputs.check(&what, &mut out, |b, v| {
+        let t = |data: &[f32], l| host_tensor(b, &[batch, l, width], data);
+        let o = b
+            .attention(&t(&v[0], lq), &t(&v[1], lk), &t(&v[2], lk), heads)
             .expect("attention");
-        b.to_host(&out).expect("to_host")
-    };
-    let reference = run(&CpuBackend::new());
-    let plain = run(&RoundingBackend::new(precision));
-    let (err, plain_err) = assert_within_plain(
-        &format!("attention_mma {precision} d{head_dim} b{batch} h{heads} {lq}x{lk} {copies:?}"),
-        &got,
-        &reference,
-        &plain,
-    );
-    eprintln!("attention_mma {precision} d{head_dim} {lq}x{lk}: {err:.2e} (plain {plain_err:.2e})");
+        host_values(b, &o)
+    });
 }
 
 #[test]
@@ -394,58 +435,33 @@ fn geometry(stride: usize, [top, bottom, left, right]: [usize; 4]) -> Conv2dGeom
 fn tensor_core_conv(precision: Precision, c: &ConvCase, copies: Copies) {
     let m = module("conv_mma", &[elem_define(precision)]);
     let seed = (c.height * 100 + c.cin * 10 + c.cout) as u64;
-    let x = rounded(
-        precision,
-        &random(c.batch * c.height * c.width * c.cin, seed),
-    );
-    let w_shape = [c.kernel, c.kernel, c.cin, c.cout];
-    let w = rounded(precision, &random(w_shape.iter().product(), seed + 1));
-    let bias = rounded(precision, &random(c.cout, seed + 2));
-    let sample_bias = rounded(precision, &random(c.batch * c.cout, seed + 3));
-
-    let cpu = CpuBackend::new();
     let x_shape = [c.batch, c.height, c.width, c.cin];
-    let probe = (
-        cpu.tensor(&x_shape, x.clone()).expect("x"),
-        cpu.tensor(&w_shape, w.clone()).expect("w"),
-    );
-    let d = shapes::conv2d(&probe.0, &probe.1, None, &c.geometry).expect("a valid convolution");
+    let w_shape = [c.kernel, c.kernel, c.cin, c.cout];
+    let cpu = CpuBackend::new();
+    let zeros = |shape: &[usize]| host_tensor(&cpu, shape, &vec![0.0; shape.iter().product()]);
+    let d = shapes::conv2d(&zeros(&x_shape), &zeros(&w_shape), None, &c.geometry)
+        .expect("a valid convolution");
     let out_len = d.rows() * c.cout;
-    let residual = rounded(precision, &random(out_len, seed + 4));
-
-    let run = |b: &dyn Backend| {
-        let t = |shape: &[usize], data: &[f32]| b.tensor(shape, data.to_vec()).expect("tensor");
-        let bias_t = c.bias.then(|| t(&[c.cout], &bias));
-        let sample_t = c.sample_bias.then(|| t(&[c.batch, c.cout], &sample_bias));
-        let residual_t = c.residual.map(|_| t(&d.out_shape(), &residual));
-        let epilogue = ConvEpilogue {
-            sample_bias: sample_t.as_ref(),
-            residual: residual_t.as_ref().zip(c.residual),
-        };
-        let out = b
-            .conv2d_epilogue(
-                &t(&x_shape, &x),
-                &t(&w_shape, &w),
-                bias_t.as_ref(),
-                &c.geometry,
-                epilogue,
-            )
-            .expect("conv2d_epilogue");
-        b.to_host(&out).expect("to_host")
-    };
-    let reference = run(&cpu);
-    let plain = run(&RoundingBackend::new(precision));
-
-    let mut buffers =
-        [&x, &w, &bias, &sample_bias, &residual].map(|v| Halves::encode(precision, v));
-    let [xa, wa, ba, sa, ra] = buffers.each_mut().map(|h| h.addr());
-    let mut out = Halves::filled(out_len, nan_bits(precision));
-    let oa = out.addr();
+    // x, w, bias, sample bias, residual.
+    let mut inputs = Inputs16::new(
+        precision,
+        &[
+            x_shape.iter().product(),
+            w_shape.iter().product(),
+            c.cout,
+            c.batch * c.cout,
+            out_len,
+        ],
+        seed,
+    );
+    let [xa, wa, ba, sa, ra] = [0, 1, 2, 3, 4].map(|i| inputs.addr(i));
     let (ba, sa, ra) = (
         if c.bias { ba } else { 0 },
         if c.sample_bias { sa } else { 0 },
         if c.residual.is_some() { ra } else { 0 },
     );
+    let mut out = Halves::filled(out_len, nan_bits(precision));
+    let oa = out.addr();
     let scale = c.residual.unwrap_or(1.0);
     let [h, wi, cin, kh, kw, stride, pad_top, pad_left, oh, ow] =
         conv_geometry_args(&d, &c.geometry);
@@ -467,13 +483,30 @@ fn tensor_core_conv(precision: Precision, c: &ConvCase, copies: Copies) {
             )
         },
     );
-    let got = out.decode(precision);
     let what = format!(
-        "conv_mma {precision} {}x{}x{}x{} -> {} k{} s{} {copies:?}",
+        "conv_mma {}x{}x{}x{} -> {} k{} s{} {copies:?}",
         c.batch, c.height, c.width, c.cin, c.cout, c.kernel, c.geometry.stride
     );
-    let (err, plain_err) = assert_within_plain(&what, &got, &reference, &plain);
-    eprintln!("{what}: {err:.2e} (plain {plain_err:.2e})");
+    inputs.check(&what, &mut out, |b, v| {
+        let t = |shape: &[usize], i: usize| host_tensor(b, shape, &v[i]);
+        let bias_t = c.bias.then(|| t(&[c.cout], 2));
+        let sample_t = c.sample_bias.then(|| t(&[c.batch, c.cout], 3));
+        let residual_t = c.residual.map(|_| t(&d.out_shape(), 4));
+        let epilogue = ConvEpilogue {
+            sample_bias: sample_t.as_ref(),
+            residual: residual_t.as_ref().zip(c.residual),
+        };
+        let o = b
+            .conv2d_epilogue(
+                &t(&x_shape, 0),
+                &t(&w_shape, 1),
+                bias_t.as_ref(),
+                &c.geometry,
+                epilogue,
+            )
+            .expect("conv2d_epilogue");
+        host_values(b, &o)
+    });
 }
 
 fn conv_cases() -> Vec<ConvCase> {
@@ -674,13 +707,9 @@ fn fused_step_kernel_matches_the_host_step() {
 const SMALL_GRID: (u32, u32, u32) = (3, 1, 1);
 const SMALL_BLOCK: u32 = 64;
 
-fn backward_ops_module(file: &str) -> Arc<HostModule> {
-    module(file, &[elem_define(Precision::F32)])
-}
-
 #[test]
 fn classifier_pool_kernels_match_the_cpu() {
-    let m = backward_ops_module("pool");
+    let m = module("pool", &[elem_define(Precision::F32)]);
     let cpu = CpuBackend::new();
     // 11 × 9 with a 2 × 2 window: the last row and column fill no window.
     let (n, h, w, c, k) = (2, 11, 9, 3, 2);
@@ -733,7 +762,7 @@ fn classifier_pool_kernels_match_the_cpu() {
 
 #[test]
 fn classifier_col2im_kernel_matches_the_cpu() {
-    let m = backward_ops_module("conv");
+    let m = module("conv", &[elem_define(Precision::F32)]);
     let cpu = CpuBackend::new();
     for (input, (kh, kw), g) in [
         ([2, 7, 6, 3], (3, 3), geometry(1, [1, 1, 1, 1])),
@@ -783,7 +812,7 @@ fn classifier_col2im_kernel_matches_the_cpu() {
 
 #[test]
 fn classifier_activation_derivatives_match_the_cpu() {
-    let m = backward_ops_module("elementwise");
+    let m = module("elementwise", &[elem_define(Precision::F32)]);
     let cpu = CpuBackend::new();
     let n = 1000;
     let x = random(n, 24);
@@ -815,61 +844,6 @@ fn classifier_activation_derivatives_match_the_cpu() {
 }
 
 // ---- the other kernels in f16 and bf16 ---------------------------------------------------
-
-/// One op's inputs, rounded to `precision`, as host values and as 16-bit buffers.
-struct Inputs16 {
-    precision: Precision,
-    values: Vec<Vec<f32>>,
-    buffers: Vec<Halves>,
-}
-
-impl Inputs16 {
-    fn new(precision: Precision, lens: &[usize], seed: u64) -> Self {
-        let values: Vec<Vec<f32>> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| rounded(precision, &random(n, seed + i as u64)))
-            .collect();
-        let buffers = values
-            .iter()
-            .map(|v| Halves::encode(precision, v))
-            .collect();
-        Inputs16 {
-            precision,
-            values,
-            buffers,
-        }
-    }
-
-    fn addr(&mut self, i: usize) -> usize {
-        self.buffers[i].addr()
-    }
-
-    /// `op` on the CPU backend and on the plain same-precision backend, against the
-    /// kernel's output: DESIGN.md's rule for 16-bit kernels.
-    fn check(
-        &self,
-        what: &str,
-        out: &mut Halves,
-        op: impl Fn(&dyn Backend, &[Vec<f32>]) -> Vec<f32>,
-    ) {
-        let got = out.decode(self.precision);
-        let reference = op(&CpuBackend::new(), &self.values);
-        let plain = op(&RoundingBackend::new(self.precision), &self.values);
-        let p = self.precision;
-        let (err, plain_err) =
-            assert_within_plain(&format!("{what} {p}"), &got, &reference, &plain);
-        eprintln!("{what} {p}: {err:.2e} (plain {plain_err:.2e})");
-    }
-}
-
-fn host_tensor(b: &dyn Backend, shape: &[usize], values: &[f32]) -> diffsteer::tensor::Tensor {
-    b.tensor(shape, values.to_vec()).expect("tensor")
-}
-
-fn host_values(b: &dyn Backend, t: &diffsteer::tensor::Tensor) -> Vec<f32> {
-    b.to_host(t).expect("to_host")
-}
 
 fn norms_16(p: Precision) {
     let m = module("norm", &[elem_define(p)]);

@@ -446,19 +446,22 @@ impl CudaBackend {
         Tensor::from_cuda(&shape, out)
     }
 
-    /// kernels/pool.cu's `name` (avg_pool or its backward) over `d`, `total` elements out.
+    /// kernels/pool.cu's `name` (avg_pool or its backward) over `d`, from `x` into a
+    /// new tensor of `out_shape`.
     fn launch_pool(
         &self,
         name: &str,
-        out: &mut CudaData,
-        x: &CudaData,
+        x: &Tensor,
         d: &shapes::PoolDims,
-        total: u64,
-    ) -> Result<()> {
+        out_shape: &[usize],
+    ) -> Result<Tensor> {
+        let total = out_shape.iter().product::<usize>();
+        let mut out = self.output(total)?;
         let f = self.function(&POOL, Vec::new(), name)?;
         let dims = pool_geometry_args(d);
+        let total = total as u64;
         let mut l = self.device.stream().launch_builder(&f);
-        l.arg(out).arg(x);
+        l.arg(&mut out).arg(self.data(x)?);
         for v in &dims {
             l.arg(v);
         }
@@ -467,8 +470,8 @@ impl CudaBackend {
         // pooling's input and output shapes, which the caller checked.
         drv(&format!("launching {name}"), unsafe {
             l.launch(grid_for(total))
-        })
-        .map(|_| ())
+        })?;
+        Tensor::from_cuda(out_shape, out)
     }
 }
 
@@ -829,11 +832,7 @@ impl Backend for CudaBackend {
 
     fn avg_pool(&self, x: &Tensor, kernel: usize) -> Result<Tensor> {
         let d = shapes::avg_pool(x, kernel)?;
-        let shape = d.out_shape();
-        let total = shape.iter().product::<usize>() as u64;
-        let mut out = self.output(total as usize)?;
-        self.launch_pool("avg_pool", &mut out, self.data(x)?, &d, total)?;
-        Tensor::from_cuda(&shape, out)
+        self.launch_pool("avg_pool", x, &d, &d.out_shape())
     }
 
     fn avg_pool_backward(
@@ -844,11 +843,7 @@ impl Backend for CudaBackend {
         in_w: usize,
     ) -> Result<Tensor> {
         let d = shapes::avg_pool_backward(dy, kernel, in_h, in_w)?;
-        let shape = d.in_shape();
-        let total = shape.iter().product::<usize>() as u64;
-        let mut dx = self.output(total as usize)?;
-        self.launch_pool("avg_pool_backward", &mut dx, self.data(dy)?, &d, total)?;
-        Tensor::from_cuda(&shape, dx)
+        self.launch_pool("avg_pool_backward", dy, &d, &d.in_shape())
     }
 
     fn col2im(
