@@ -2,17 +2,20 @@
 //! flag at fault and what was expected, so a message alone tells the user what to fix.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable, so that one failure (a model call, a reward evaluation) can be
+/// reported to every sample it hit.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {message}: {source}")]
     Io {
         path: PathBuf,
         message: String,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 
     #[error("{path}: not a valid safetensors file: {message}")]
@@ -60,7 +63,7 @@ impl Error {
         Error::Io {
             path: path.into(),
             message: message.into(),
-            source,
+            source: Arc::new(source),
         }
     }
 

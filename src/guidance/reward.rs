@@ -179,157 +179,228 @@ pub fn output_per_x0_shift(prediction: PredictionType, alpha_bar: f32) -> f32 {
     }
 }
 
-/// The x̂₀ estimates of a batch at `step`: `latents` and `outputs` are rows of
-/// `shape.len()` values.
-pub fn x0_estimates(
-    scheduler: &dyn Scheduler,
-    step: usize,
-    latents: &[f32],
-    outputs: &[f32],
-) -> Vec<f32> {
-    let scale = scheduler.input_scale(step);
-    let alpha_bar = scheduler.alpha_bar(step);
-    let prediction = scheduler.prediction_type();
-    latents
-        .iter()
-        .zip(outputs)
-        .map(|(&l, &m)| x0_estimate(prediction, alpha_bar, l * scale, m))
-        .collect()
+/// Where one row of a batched reward evaluation stands in its own schedule: rows
+/// of one model call may be at different steps of different schedulers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoiseLevel {
+    pub prediction: PredictionType,
+    /// ᾱ of the noise level the model saw.
+    pub alpha_bar: f32,
+    /// The model input is the latent × this.
+    pub input_scale: f32,
+    /// The row's step (0-based) and the timestep the model saw, for messages.
+    pub step: usize,
+    pub timestep: f32,
 }
 
-/// What one guided step did, per row.
-#[derive(Debug, Clone)]
-pub struct GuidedStep {
-    /// The reward at the model's own estimate x̂₀, before any shift.
-    pub rewards: Vec<f32>,
-}
-
-impl RewardGuidance {
-    /// Evaluates `reward` on the x̂₀ estimates of a batch at `step` and, where the
-    /// guidance is active, rewrites `outputs` to predict the shifted estimates.
-    /// `name_row` names a row for error messages.
-    #[allow(clippy::too_many_arguments)]
-    pub fn guide(
-        &self,
-        reward: &dyn Reward,
-        shape: SampleShape,
-        scheduler: &dyn Scheduler,
-        step: usize,
-        latents: &[f32],
-        outputs: &mut [f32],
-        name_row: &dyn Fn(usize) -> String,
-    ) -> Result<GuidedStep> {
-        let (guided, shift) =
-            self.output_shift(reward, shape, scheduler, step, latents, outputs, name_row)?;
-        if let Some(shift) = shift {
-            for (m, &d) in outputs.iter_mut().zip(&shift) {
-                *m += d;
-            }
+impl NoiseLevel {
+    pub fn at(scheduler: &dyn Scheduler, step: usize) -> Self {
+        NoiseLevel {
+            prediction: scheduler.prediction_type(),
+            alpha_bar: scheduler.alpha_bar(step),
+            input_scale: scheduler.input_scale(step),
+            step,
+            timestep: scheduler.timestep(step),
         }
-        Ok(guided)
     }
 
-    /// What [`RewardGuidance::guide`] adds to `outputs`, per element (`None` on a
-    /// step outside the guidance window, where the reward is only evaluated), for
-    /// a fused step that applies it where the model output lives.
-    #[allow(clippy::too_many_arguments)]
-    pub fn output_shift(
-        &self,
-        reward: &dyn Reward,
-        shape: SampleShape,
-        scheduler: &dyn Scheduler,
-        step: usize,
-        latents: &[f32],
-        outputs: &[f32],
-        name_row: &dyn Fn(usize) -> String,
-    ) -> Result<(GuidedStep, Option<Vec<f32>>)> {
-        let per = shape.len();
-        let rows = shape.count(outputs, "reward guidance")?;
-        if latents.len() != outputs.len() {
-            return Err(Error::shape(
-                "reward guidance",
-                format!(
-                    "{} latent values for {} model output values",
-                    latents.len(),
-                    outputs.len()
-                ),
-            ));
+    /// x̂₀ of one row from its latent and (guided) model output.
+    pub fn x0_estimate(&self, latent: &[f32], output: &[f32], out: &mut [f32]) {
+        for ((o, &l), &m) in out.iter_mut().zip(latent).zip(output) {
+            *o = x0_estimate(self.prediction, self.alpha_bar, l * self.input_scale, m);
         }
-        let timestep = scheduler.timestep(step) as f64;
-        let mut x0 = x0_estimates(scheduler, step, latents, outputs);
-        if !self.active_at(step) {
-            let rewards = reward.evaluate(shape, &x0, None)?;
-            check_rewards(&rewards, rows, name_row, step, timestep)?;
-            return Ok((GuidedStep { rewards }, None));
-        }
+    }
+}
 
-        let alpha_bar = scheduler.alpha_bar(step);
-        let size = self.step_size(alpha_bar);
-        let mut shift = vec![0f32; x0.len()];
-        let mut grad = vec![0f32; x0.len()];
-        let mut first_rewards = None;
-        for _ in 0..self.iterations {
-            let rewards = reward.evaluate(shape, &x0, Some(&mut grad))?;
-            check_rewards(&rewards, rows, name_row, step, timestep)?;
-            for row in 0..rows {
-                let g = &grad[row * per..(row + 1) * per];
-                if g.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite {
-                        what: format!("the reward gradient of {}", name_row(row)),
-                        step,
-                        timestep,
-                    });
-                }
-                let factor = if self.normalize && self.form == RewardForm::X0 {
-                    let mean_square =
-                        g.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / per as f64;
-                    if mean_square == 0.0 {
-                        continue;
-                    }
-                    size / mean_square.sqrt() as f32
-                } else {
-                    size
-                };
-                let range = row * per..(row + 1) * per;
-                for ((x, s), &gv) in x0[range.clone()].iter_mut().zip(&mut shift[range]).zip(g) {
-                    let d = factor * gv;
-                    *x += d;
-                    *s += d;
-                }
-            }
-            first_rewards.get_or_insert(rewards);
+/// One row of a batched guided step: its noise level and its guidance settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GuideRow<'g> {
+    pub level: NoiseLevel,
+    pub guidance: &'g RewardGuidance,
+}
+
+/// What guidance did to one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowGuidance {
+    /// The reward at the model's own estimate x̂₀, before any shift.
+    pub reward: f32,
+    /// What is added to the row's model output so that it predicts the shifted
+    /// estimate; `None` outside the guidance window (the reward is only evaluated).
+    pub shift: Option<Vec<f32>>,
+}
+
+/// Evaluates `reward` on the x̂₀ estimates of a batch of rows, each at its own noise
+/// level with its own settings, and computes each guided row's output shift.
+/// `latents` and `outputs` are rows of `shape.len()` values. Rows whose guidance is
+/// active are evaluated (with gradients) apart from the others, so a row's numbers
+/// depend only on its own inputs, never on what it is batched with.
+///
+/// The outer `Err` is a failure of the whole batch (a reward that cannot score
+/// the shape); an inner `Err` a failure of one row (a non-finite reward or
+/// gradient), named with `name_row`.
+pub fn guide_rows(
+    reward: &dyn Reward,
+    shape: SampleShape,
+    rows: &[GuideRow],
+    latents: &[f32],
+    outputs: &[f32],
+    name_row: &dyn Fn(usize) -> String,
+) -> Result<Vec<Result<RowGuidance>>> {
+    let per = shape.len();
+    if latents.len() != rows.len() * per || outputs.len() != rows.len() * per {
+        return Err(Error::shape(
+            "reward guidance",
+            format!(
+                "{} rows of {per} values, but {} latent and {} model output values",
+                rows.len(),
+                latents.len(),
+                outputs.len()
+            ),
+        ));
+    }
+    let mut x0 = vec![0f32; latents.len()];
+    for (r, row) in rows.iter().enumerate() {
+        let range = r * per..(r + 1) * per;
+        row.level.x0_estimate(
+            &latents[range.clone()],
+            &outputs[range.clone()],
+            &mut x0[range],
+        );
+    }
+    let mut results: Vec<Option<Result<RowGuidance>>> = vec![None; rows.len()];
+    let (active, watched): (Vec<usize>, Vec<usize>) =
+        (0..rows.len()).partition(|&r| rows[r].guidance.active_at(rows[r].level.step));
+
+    if !watched.is_empty() {
+        let values = reward.evaluate(shape, &gather(&x0, &watched, per), None)?;
+        check_count(&values, watched.len())?;
+        for (&r, &value) in watched.iter().zip(&values) {
+            results[r] = Some(
+                finite_reward(value, &rows[r].level, || name_row(r)).map(|reward| RowGuidance {
+                    reward,
+                    shift: None,
+                }),
+            );
         }
-        let coefficient = output_per_x0_shift(scheduler.prediction_type(), alpha_bar);
+    }
+
+    let mut shifts: Vec<Vec<f32>> = active.iter().map(|_| vec![0f32; per]).collect();
+    let mut first_rewards: Vec<Option<f32>> = vec![None; active.len()];
+    let mut failed = vec![false; active.len()];
+    let iterations = active
+        .iter()
+        .map(|&r| rows[r].guidance.iterations)
+        .max()
+        .unwrap_or(0);
+    for iteration in 0..iterations {
+        // Positions (in `active`) of the rows still iterating.
+        let taking: Vec<usize> = (0..active.len())
+            .filter(|&a| !failed[a] && iteration < rows[active[a]].guidance.iterations)
+            .collect();
+        if taking.is_empty() {
+            break;
+        }
+        let members: Vec<usize> = taking.iter().map(|&a| active[a]).collect();
+        let batch = gather(&x0, &members, per);
+        let mut grad = vec![0f32; batch.len()];
+        let values = reward.evaluate(shape, &batch, Some(&mut grad))?;
+        check_count(&values, members.len())?;
+        for (j, (&a, &r)) in taking.iter().zip(&members).enumerate() {
+            let row = &rows[r];
+            let value = match finite_reward(values[j], &row.level, || name_row(r)) {
+                Ok(v) => v,
+                Err(e) => {
+                    failed[a] = true;
+                    results[r] = Some(Err(e));
+                    continue;
+                }
+            };
+            first_rewards[a].get_or_insert(value);
+            let g = &grad[j * per..(j + 1) * per];
+            if g.iter().any(|v| !v.is_finite()) {
+                failed[a] = true;
+                results[r] = Some(Err(Error::NonFinite {
+                    what: format!("the reward gradient of {}", name_row(r)),
+                    step: row.level.step,
+                    timestep: row.level.timestep as f64,
+                }));
+                continue;
+            }
+            let size = row.guidance.step_size(row.level.alpha_bar);
+            let factor = if row.guidance.normalize && row.guidance.form == RewardForm::X0 {
+                let mean_square =
+                    g.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / per as f64;
+                if mean_square == 0.0 {
+                    continue;
+                }
+                size / mean_square.sqrt() as f32
+            } else {
+                size
+            };
+            let range = r * per..(r + 1) * per;
+            for ((x, s), &gv) in x0[range].iter_mut().zip(shifts[a].iter_mut()).zip(g) {
+                let d = factor * gv;
+                *x += d;
+                *s += d;
+            }
+        }
+    }
+    for (a, mut shift) in shifts.into_iter().enumerate() {
+        let r = active[a];
+        if failed[a] {
+            continue;
+        }
+        let level = rows[r].level;
+        let coefficient = output_per_x0_shift(level.prediction, level.alpha_bar);
         for d in shift.iter_mut() {
             *d *= coefficient;
         }
-        let guided = GuidedStep {
-            rewards: first_rewards.unwrap_or_default(),
-        };
-        Ok((guided, Some(shift)))
+        results[r] = Some(Ok(RowGuidance {
+            reward: first_rewards[a].unwrap_or(f32::NAN),
+            shift: Some(shift),
+        }));
     }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::invalid(
+                    "reward guidance",
+                    "a row was left without a result",
+                ))
+            })
+        })
+        .collect())
 }
 
-fn check_rewards(
-    rewards: &[f32],
-    rows: usize,
-    name_row: &dyn Fn(usize) -> String,
-    step: usize,
-    timestep: f64,
-) -> Result<()> {
-    if rewards.len() != rows {
+/// The rows `members` of `data` (rows of `per` values), back to back.
+fn gather(data: &[f32], members: &[usize], per: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(members.len() * per);
+    for &r in members {
+        out.extend_from_slice(&data[r * per..(r + 1) * per]);
+    }
+    out
+}
+
+fn check_count(values: &[f32], rows: usize) -> Result<()> {
+    if values.len() != rows {
         return Err(Error::shape(
             "reward",
-            format!("{} values for {rows} samples", rewards.len()),
+            format!("{} values for {rows} samples", values.len()),
         ));
     }
-    match rewards.iter().position(|r| !r.is_finite()) {
-        None => Ok(()),
-        Some(row) => Err(Error::NonFinite {
-            what: format!("the reward of {}", name_row(row)),
-            step,
-            timestep,
-        }),
+    Ok(())
+}
+
+fn finite_reward(value: f32, level: &NoiseLevel, name: impl Fn() -> String) -> Result<f32> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(Error::NonFinite {
+            what: format!("the reward of {}", name()),
+            step: level.step,
+            timestep: level.timestep as f64,
+        })
     }
 }
 

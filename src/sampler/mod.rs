@@ -1,21 +1,37 @@
-//! The sampling loop — the only place that knows the model, the guidance and the
-//! scheduler together. Per step: one batched U-Net call on `[uncond ; cond]` (the
-//! unconditional rows only for samples whose CFG is active at that step), CFG per
-//! sample, then each sample's own scheduler step. Every setting is per sample, and a
-//! sample's result depends only on its own seed and settings.
+//! The sampling loop — the only place that knows the model, the guidance, the
+//! scheduler and the steering together. It works on *slots*: every sample (every
+//! particle of it) carries its own schedule position, scheduler, CFG, reward and
+//! steering settings ([`SampleRun`]). Each engine step
+//! ([`SlotSampler::advance`]) packs all samples in flight — at different steps of
+//! different schedules — into one batched U-Net call on `[uncond ; cond]` (the
+//! unconditional rows only for samples whose CFG is active at their step), then
+//! applies each sample's own guided step. Samples join between any two steps and
+//! leave when done, and a sample's result depends only on its own seed and
+//! settings, never on what it was batched with or when it joined.
+//!
+//! [`Sampler`] is the one-shot form: a list of samples with one scheduler and one
+//! alignment, run to the end together.
 
+mod advance;
 mod model_call;
 mod run;
+mod settings;
+mod slot;
 
+pub use advance::StepReport;
 pub use run::Alignment;
+pub use settings::{SampleSettings, Shared};
+pub use slot::SampleRun;
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::guidance::cfg::Guidance;
 use crate::model::UNet;
+use crate::reward::SampleShape;
 use crate::rng::{fill_normal, NoiseStream};
 use crate::schedule::Scheduler;
 
@@ -84,10 +100,11 @@ pub struct SampleOutput {
     pub particle: usize,
 }
 
-pub struct Sampler<'a> {
+/// The model side of sampling: the backend, the U-Net and the sample size, over
+/// which any mix of [`SampleRun`]s is advanced step by step.
+pub struct SlotSampler<'a> {
     backend: &'a dyn Backend,
     unet: &'a UNet,
-    scheduler: &'a dyn Scheduler,
     null_class: Option<usize>,
     height: usize,
     width: usize,
@@ -96,6 +113,13 @@ pub struct Sampler<'a> {
     /// (the CPU backend's Winograd transforms); model calls are cut into
     /// concurrent parts only after it (see `model_call`).
     weights_ready: AtomicBool,
+}
+
+/// One-shot sampling: every sample of a list with one scheduler and one
+/// alignment, in one batch, run to the end.
+pub struct Sampler<'a> {
+    slots: SlotSampler<'a>,
+    scheduler: &'a dyn Scheduler,
 }
 
 /// Where each step's guidance and scheduler update run.
@@ -115,30 +139,26 @@ pub enum StepPath {
 }
 
 /// How one sample enters the model call of one step.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Rows {
     cond_label: Option<usize>,
     uncond_label: Option<usize>,
     uses_cfg: bool,
 }
 
-impl<'a> Sampler<'a> {
-    /// A sampler for `unet` with `scheduler`. Class-conditional models take their
-    /// LAST class index as the null (unconditional) class.
-    pub fn new(
-        backend: &'a dyn Backend,
-        unet: &'a UNet,
-        scheduler: &'a dyn Scheduler,
-    ) -> Result<Self> {
+impl<'a> SlotSampler<'a> {
+    /// A sampler for `unet` on `backend`. Class-conditional models take their LAST
+    /// class index as the null (unconditional) class.
+    pub fn new(backend: &'a dyn Backend, unet: &'a UNet) -> Result<Self> {
         let (height, width) = unet.config().sample_size.ok_or_else(|| {
             Error::invalid(
                 "size",
                 "the model config has no sample_size; set the image size explicitly",
             )
         })?;
-        Ok(Sampler {
+        Ok(SlotSampler {
             backend,
             unet,
-            scheduler,
             null_class: unet.num_classes().map(|n| n - 1),
             height,
             width,
@@ -200,6 +220,68 @@ impl<'a> Sampler<'a> {
     /// Labels a user may ask for: every class except the null class.
     pub fn conditional_classes(&self) -> Option<usize> {
         self.null_class
+    }
+
+    pub fn backend(&self) -> &'a dyn Backend {
+        self.backend
+    }
+
+    pub fn unet(&self) -> &'a UNet {
+        self.unet
+    }
+
+    /// The shape of one sample (one particle).
+    pub fn sample_shape(&self) -> SampleShape {
+        SampleShape::new(self.height, self.width, self.unet.config().in_channels)
+    }
+
+    /// Checks that `spec` and `settings` can run on this model, with no side effect
+    /// (what [`SlotSampler::start`] refuses, without its allocations).
+    pub fn validate(&self, spec: &SampleSpec, settings: &SampleSettings) -> Result<()> {
+        self.rows_for(spec, 0)?;
+        settings.validate(self.sample_shape())
+    }
+
+    /// A sample ready to join the next step: its particles start from their own
+    /// initial noise (stream [`NoiseStream::Initial`] of `spec.seed`, particle k
+    /// drawing its own copy), scaled by the scheduler's initial σ. `index` names the
+    /// sample for `noise` and in messages.
+    pub fn start<'r>(
+        &self,
+        spec: SampleSpec,
+        settings: Arc<SampleSettings<'r>>,
+        index: usize,
+        noise: &dyn NoiseSource,
+    ) -> Result<SampleRun<'r>> {
+        let rows = self.rows_for(&spec, index)?;
+        let shape = self.sample_shape();
+        settings.validate(shape)?;
+        let sigma = settings.scheduler.init_noise_sigma();
+        let particles = settings.steering.particles;
+        let mut run = SampleRun {
+            spec,
+            settings,
+            index,
+            rows,
+            height: self.height,
+            width: self.width,
+            step: 0,
+            repeat: 0,
+            particles: Vec::with_capacity(particles),
+            snapshot: None,
+            step_rewards: None,
+        };
+        for k in 0..particles {
+            let mut latent = vec![0f32; shape.len()];
+            run.draw(noise, k, NoiseStream::Initial, &mut latent)?;
+            latent.iter_mut().for_each(|v| *v *= sigma);
+            run.particles.push(slot::Particle {
+                latent,
+                state: run.settings.scheduler.new_state(),
+                track: Default::default(),
+            });
+        }
+        Ok(run)
     }
 
     fn rows_for(&self, spec: &SampleSpec, index: usize) -> Result<Rows> {
@@ -268,6 +350,57 @@ impl<'a> Sampler<'a> {
         }
         spec.guidance.validate()?;
         Ok(rows)
+    }
+}
+
+impl<'a> Sampler<'a> {
+    /// A sampler for `unet` with `scheduler`. Class-conditional models take their
+    /// LAST class index as the null (unconditional) class.
+    pub fn new(
+        backend: &'a dyn Backend,
+        unet: &'a UNet,
+        scheduler: &'a dyn Scheduler,
+    ) -> Result<Self> {
+        Ok(Sampler {
+            slots: SlotSampler::new(backend, unet)?,
+            scheduler,
+        })
+    }
+
+    /// Chooses where the guidance and scheduler update of each step run.
+    pub fn with_step_path(mut self, path: StepPath) -> Self {
+        self.slots = self.slots.with_step_path(path);
+        self
+    }
+
+    pub fn with_size(mut self, height: usize, width: usize) -> Result<Self> {
+        self.slots = self.slots.with_size(height, width)?;
+        Ok(self)
+    }
+
+    /// Overrides the null class used for unconditional predictions.
+    pub fn with_null_class(mut self, null_class: usize) -> Result<Self> {
+        self.slots = self.slots.with_null_class(null_class)?;
+        Ok(self)
+    }
+
+    /// The size of the samples (the model's `sample_size` unless overridden).
+    pub fn height(&self) -> usize {
+        self.slots.height()
+    }
+
+    pub fn width(&self) -> usize {
+        self.slots.width()
+    }
+
+    /// Labels a user may ask for: every class except the null class.
+    pub fn conditional_classes(&self) -> Option<usize> {
+        self.slots.conditional_classes()
+    }
+
+    /// The slot sampler underneath, for mixing samples of other settings.
+    pub fn slot_sampler(&self) -> &SlotSampler<'a> {
+        &self.slots
     }
 }
 

@@ -1,78 +1,51 @@
-//! One denoising step's model call: a single batched U-Net forward over
-//! `[uncond rows of CFG-active samples ; one cond row per slot]`, then CFG per slot.
-//! A slot is one particle of one requested sample.
+//! One engine step's model call: a single batched U-Net forward over
+//! `[uncond rows of the CFG-active slots ; one cond row per slot]`, every row at
+//! its own timestep, then CFG per slot. A slot is one particle of one sample.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use super::{check_finite, Condition, Rows, SampleSpec, Sampler};
+use super::{Condition, SampleRun, SlotSampler};
 use crate::backend::SlotStep;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guidance::cfg;
 use crate::model::UNetInputs;
 use crate::schedule::LinearStep;
 use crate::tensor::Tensor;
 
-/// The model output of one step on the backend, and whose rows are whose.
+/// A slot of a model call: particle `particle` of run `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub run: usize,
+    pub particle: usize,
+}
+
+/// The model output of one call on the backend, and whose rows are whose.
 pub(crate) struct ModelCall {
-    /// `[uncond rows of the CFG slots ; one cond row per slot, ..]`.
+    /// `[uncond rows of the CFG slots ; one cond row per slot]`.
     pub output: Tensor,
-    /// The unconditional row of each slot that uses CFG at this step.
+    /// The unconditional row of each slot that uses CFG at its step.
     pub uncond_row: Vec<Option<usize>>,
     /// How many unconditional rows precede the conditional ones.
     pub cfg_rows: usize,
 }
 
 impl ModelCall {
-    /// One slot's part of the fused step.
+    /// Slot `k`'s part of the fused step.
     pub fn slot_step(
         &self,
-        slot: usize,
-        spec: &SampleSpec,
+        k: usize,
+        run: &SampleRun,
         shifted: bool,
         update: LinearStep,
     ) -> SlotStep {
         SlotStep {
-            uncond_row: self.uncond_row[slot],
-            cond_row: self.cfg_rows + slot,
-            cfg_scale: spec.guidance.scale,
-            cfg_rescale: spec.guidance.rescale,
+            uncond_row: self.uncond_row[k],
+            cond_row: self.cfg_rows + k,
+            cfg_scale: run.spec.guidance.scale,
+            cfg_rescale: run.spec.guidance.rescale,
             shifted,
             update,
-        }
-    }
-}
-
-/// Who occupies the rows of a run: `particles` consecutive slots per sample.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Slots {
-    pub samples: usize,
-    pub particles: usize,
-}
-
-impl Slots {
-    pub fn len(&self) -> usize {
-        self.samples * self.particles
-    }
-
-    pub fn sample_of(&self, slot: usize) -> usize {
-        slot / self.particles
-    }
-
-    pub fn particle_of(&self, slot: usize) -> usize {
-        slot % self.particles
-    }
-
-    /// "sample 3" or "sample 3, particle 1", for error messages.
-    pub fn name(&self, slot: usize) -> String {
-        if self.particles > 1 {
-            format!(
-                "sample {}, particle {}",
-                self.sample_of(slot),
-                self.particle_of(slot)
-            )
-        } else {
-            format!("sample {}", self.sample_of(slot))
         }
     }
 }
@@ -84,88 +57,88 @@ struct BatchInputs<'a> {
     labels: Option<&'a [usize]>,
     /// Encoder hidden states, tokens per row and their width.
     states: Option<(&'a [f32], usize, usize)>,
+    height: usize,
+    width: usize,
 }
 
-impl Sampler<'_> {
-    /// The guided model outputs of every slot at `step`, rows of `per_sample`.
-    pub(crate) fn model_outputs(
-        &self,
-        step: usize,
-        specs: &[SampleSpec],
-        rows: &[Rows],
-        slots: Slots,
-        latents: &[f32],
-        tokens: Option<usize>,
-    ) -> Result<Vec<f32>> {
-        let call = self.model_call(step, specs, rows, slots, latents, tokens)?;
-        self.guided_outputs(&call, step, specs, slots)
-    }
+/// Whether `run` uses CFG at its current step.
+pub(crate) fn uses_cfg(run: &SampleRun) -> bool {
+    run.rows.uses_cfg && run.spec.guidance.active_at(run.step)
+}
 
-    /// The batched model call of `step`, its output left on the backend.
-    pub(crate) fn model_call(
-        &self,
-        step: usize,
-        specs: &[SampleSpec],
-        rows: &[Rows],
-        slots: Slots,
-        latents: &[f32],
-        tokens: Option<usize>,
-    ) -> Result<ModelCall> {
-        let per_sample = latents.len() / slots.len();
-        let sched = self.scheduler;
-        let timestep = sched.timestep(step);
-        let scale = sched.input_scale(step);
-        let uses_cfg = |slot: usize| -> bool {
-            let i = slots.sample_of(slot);
-            rows[i].uses_cfg && specs[i].guidance.active_at(step)
-        };
-        let cfg_slots: Vec<usize> = (0..slots.len()).filter(|&k| uses_cfg(k)).collect();
+impl SlotSampler<'_> {
+    /// The batched model call for `slots` of `runs` (all of one sample shape and
+    /// token count), its output left on the backend.
+    pub(crate) fn model_call(&self, runs: &[SampleRun], slots: &[Slot]) -> Result<ModelCall> {
+        let first = slots
+            .first()
+            .map(|s| &runs[s.run])
+            .ok_or_else(|| Error::invalid("slots", "a model call needs at least one slot"))?;
+        let (height, width) = (first.height, first.width);
+        let cfg_slots: Vec<usize> = (0..slots.len())
+            .filter(|&k| uses_cfg(&runs[slots[k].run]))
+            .collect();
         let order: Vec<(usize, bool)> = cfg_slots
             .iter()
             .map(|&k| (k, false))
             .chain((0..slots.len()).map(|k| (k, true)))
             .collect();
         let batch = order.len();
+        let per_sample = first.particles[0].latent.len();
 
         let mut input = Vec::with_capacity(batch * per_sample);
+        let mut timesteps = Vec::with_capacity(batch);
         for &(k, _) in &order {
+            let slot = slots[k];
+            let run = &runs[slot.run];
+            let scheduler = &*run.settings.scheduler;
+            let scale = scheduler.input_scale(run.step);
             input.extend(
-                latents[k * per_sample..(k + 1) * per_sample]
+                run.particles[slot.particle]
+                    .latent
                     .iter()
                     .map(|v| v * scale),
             );
+            timesteps.push(scheduler.timestep(run.step));
         }
         let labels: Option<Vec<usize>> = self.unet.num_classes().map(|_| {
             order
                 .iter()
                 .map(|&(k, cond)| {
-                    let r = &rows[slots.sample_of(k)];
-                    if cond { r.cond_label } else { r.uncond_label }.unwrap_or(0)
+                    let rows = &runs[slots[k].run].rows;
+                    if cond {
+                        rows.cond_label
+                    } else {
+                        rows.uncond_label
+                    }
+                    .unwrap_or(0)
                 })
                 .collect()
         });
-        let states = match tokens {
-            Some(t) => {
-                let mut states = Vec::new();
-                for &(k, cond) in &order {
-                    if let Condition::Embedding {
-                        cond: c, uncond: u, ..
-                    } = &specs[slots.sample_of(k)].condition
-                    {
-                        states.extend_from_slice(if cond { c } else { u });
-                    }
-                }
-                let dim = states.len() / (batch * t);
-                Some((states, t, dim))
+        let mut states = Vec::new();
+        let mut tokens = None;
+        for &(k, cond) in &order {
+            if let Condition::Embedding {
+                cond: c,
+                uncond: u,
+                tokens: t,
+            } = &runs[slots[k].run].spec.condition
+            {
+                states.extend_from_slice(if cond { c } else { u });
+                tokens = Some(*t);
             }
-            None => None,
-        };
-        let timesteps = vec![timestep; batch];
+        }
+        let states = tokens.map(|t| {
+            let dim = states.len() / (batch * t).max(1);
+            (states.as_slice(), t, dim)
+        });
         let batch_inputs = BatchInputs {
             latents: &input,
             timesteps: &timesteps,
             labels: labels.as_deref(),
-            states: states.as_ref().map(|(s, t, d)| (s.as_slice(), *t, *d)),
+            states,
+            height,
+            width,
         };
         let parts = if self.weights_ready.load(Ordering::Acquire) {
             self.backend.concurrent_parts(batch).clamp(1, batch.max(1))
@@ -195,7 +168,7 @@ impl Sampler<'_> {
         let per_row = inputs.latents.len() / inputs.timesteps.len().max(1);
         let n = rows.len();
         let x = self.backend.tensor(
-            &[n, self.height, self.width, channels],
+            &[n, inputs.height, inputs.width, channels],
             inputs.latents[rows.start * per_row..rows.end * per_row].to_vec(),
         )?;
         let encoder = match inputs.states {
@@ -250,39 +223,26 @@ impl Sampler<'_> {
         }
         self.backend.tensor(&shape, data)
     }
+}
 
-    /// The model output of `call` read back, with CFG (and its rescale) applied per
-    /// slot: one row of guided output per slot.
-    pub(crate) fn guided_outputs(
-        &self,
-        call: &ModelCall,
-        step: usize,
-        specs: &[SampleSpec],
-        slots: Slots,
-    ) -> Result<Vec<f32>> {
-        let timestep = self.scheduler.timestep(step);
-        let out = self.backend.to_host(&call.output)?;
-        let rows = call.cfg_rows + slots.len();
-        let per_sample = out.len() / rows.max(1);
-        let row = |r: usize| &out[r * per_sample..(r + 1) * per_sample];
-        let mut outputs = vec![0f32; slots.len() * per_sample];
-        for (k, guided) in outputs.chunks_exact_mut(per_sample).enumerate() {
-            let cond = row(call.cfg_rows + k);
-            match call.uncond_row[k] {
-                Some(u) => {
-                    let g = specs[slots.sample_of(k)].guidance;
-                    cfg::combine(row(u), cond, g.scale, guided);
-                    cfg::rescale(guided, cond, g.rescale);
-                }
-                None => guided.copy_from_slice(cond),
-            }
-            check_finite(
-                guided,
-                &|| format!("the model output of {}", slots.name(k)),
-                step,
-                timestep,
-            )?;
+/// The CFG-combined (and rescaled) output of slot `k`, from the model call's
+/// output read back to the host (`out`, rows of `guided.len()` values).
+pub(crate) fn guided_output(
+    call: &ModelCall,
+    out: &[f32],
+    k: usize,
+    run: &SampleRun,
+    guided: &mut [f32],
+) {
+    let per = guided.len();
+    let row = |r: usize| &out[r * per..(r + 1) * per];
+    let cond = row(call.cfg_rows + k);
+    match call.uncond_row[k] {
+        Some(u) => {
+            let g = run.spec.guidance;
+            cfg::combine(row(u), cond, g.scale, guided);
+            cfg::rescale(guided, cond, g.rescale);
         }
-        Ok(outputs)
+        None => guided.copy_from_slice(cond),
     }
 }
