@@ -23,12 +23,14 @@
 //! ```
 
 pub mod backend;
+pub mod batch;
 pub mod error;
 pub mod fsutil;
 pub mod guidance;
 pub mod image;
 pub mod json_fields;
 pub mod model;
+pub mod pipeline;
 pub mod plot;
 pub mod reward;
 pub mod rng;

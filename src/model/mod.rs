@@ -7,6 +7,7 @@ pub mod config;
 pub mod embeddings;
 pub mod folder;
 pub mod layers;
+pub mod memory;
 pub mod preset;
 pub mod resnet;
 pub mod transformer;

@@ -32,6 +32,9 @@ pub enum Command {
     /// Sweep an alignment setting and report reward, target share, diversity and
     /// time per image as a table, CSV and plot.
     Eval(EvalArgs),
+    /// Run a JSONL file of requests (one per line) with continuous batching:
+    /// resumable, shardable, nothing lost.
+    Batch(BatchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -408,6 +411,55 @@ pub struct SelftestArgs {
     /// in a sibling `digit-classifier` folder, if any (repeatable).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Jobs file: one JSON request per line, keys as `generate`'s long flags with
+    /// `-` replaced by `_` (e.g. {"id": "sevens", "class": 7, "count": 100,
+    /// "cfg_interval": "0:30"}), plus a required unique "id" and an optional "model".
+    #[arg(value_name = "JOBS.jsonl")]
+    pub jobs: PathBuf,
+
+    /// Output folder: images/<id>/<index>.png and results.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Model of the jobs that name none.
+    #[arg(long, value_name = "DIR", default_value = "weights/digits")]
+    pub model: PathBuf,
+
+    /// Most samples in one model call (each particle counts).
+    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub batch: usize,
+
+    /// Take share K of N of the images (by a fixed hash of id and index), so N
+    /// machines together make the whole set: 0/N..N-1/N or 1/N..N/N.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub shard: Option<diffsteer::batch::Shard>,
+
+    /// Run again the images an earlier run recorded as failed.
+    #[arg(long = "retry-failed")]
+    pub retry_failed: bool,
+
+    /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
+    /// next to the model folder.
+    #[arg(long, value_name = "DIR")]
+    pub classifier: Option<PathBuf>,
+
+    /// No progress bar or summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+fn parse_shard(s: &str) -> Result<diffsteer::batch::Shard, String> {
+    diffsteer::batch::Shard::parse(s).map_err(|e| match e {
+        diffsteer::Error::InvalidArgument { message, .. } => message,
+        other => other.to_string(),
+    })
 }
 
 #[derive(Args, Debug)]

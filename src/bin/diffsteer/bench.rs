@@ -8,20 +8,18 @@ use std::time::Instant;
 
 use diffsteer::backend::counting::CountingBackend;
 use diffsteer::backend::{run_busy, Backend};
-use diffsteer::guidance::reward::RewardGuidance;
 use diffsteer::guidance::Guidance;
 use diffsteer::model::preset;
 use diffsteer::model::{ModelFolder, UNet, UNetInputs};
-use diffsteer::reward::{Classifier, ClassifierReward, Reward, SampleShape};
+use diffsteer::pipeline::{drive, Engine, PlanFeed, Request};
 use diffsteer::rng::{normal_vec, NoiseStream};
-use diffsteer::sampler::{Alignment, Condition, PhiloxNoise, SampleSpec, Sampler};
+use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions, SchedulerConfig};
-use diffsteer::steer::Steering;
 use diffsteer::tensor::Tensor;
 use serde_json::{json, Value};
 
 use crate::args::{BenchArgs, SchedulerArg};
-use crate::generate::{make_backend, resolve_model};
+use crate::engine_flags::{device_of, engine_error, open_engine, resolve_model};
 use crate::usage_error::{usage, CliError};
 
 /// The built-in model of `--model sd15-shape`.
@@ -120,6 +118,32 @@ impl Source {
     }
 }
 
+/// Runs `request` through `engine` with all of its `batch` images in every
+/// model call, pushing the time of each step onto `step_times`.
+fn time_engine_run(
+    engine: &Engine,
+    request: &Request,
+    batch: usize,
+    step_times: &mut Vec<f64>,
+) -> Result<(), CliError> {
+    let plan = engine.prepare(request).map_err(engine_error)?;
+    let mut runner = engine.runner::<()>(batch).map_err(engine_error)?;
+    let mut last = Instant::now();
+    engine
+        .with_workers(|| {
+            drive(
+                &mut runner,
+                &mut PlanFeed::new(plan),
+                &mut |done| done.result.map(drop),
+                &mut |_| {
+                    step_times.push(last.elapsed().as_secs_f64());
+                    last = Instant::now();
+                },
+            )
+        })
+        .map_err(engine_error)
+}
+
 /// One batch size's sampling numbers.
 struct BatchResult {
     batch: usize,
@@ -136,15 +160,40 @@ fn opt_mib(v: Option<f64>) -> String {
     v.map_or("n/a".to_string(), |m| format!("{m:.0} MiB"))
 }
 
-pub fn run(args: &BenchArgs) -> Result<(), CliError> {
+pub fn run(args: &BenchArgs, threads: Option<usize>) -> Result<(), CliError> {
     // Everything a user can get wrong is checked before any timing.
     if let Some(path) = &args.json {
         check_json_path(path)?;
     }
     let source = Source::resolve(&args.model)?;
+    match &source {
+        // A model folder is timed through the engine every front end uses.
+        Source::Folder { dir, .. } => {
+            let engine = open_engine(dir, &args.target, threads, None)?;
+            engine.install(|| bench(args, &source, engine.backend(), Some(&engine)))
+        }
+        // The built-in shape has no request form (random encoder states): it is
+        // timed through the engine's sampler directly.
+        Source::Sd15Shape => {
+            let backend =
+                diffsteer::pipeline::make_backend(device_of(args.target.device), args.target.dtype)
+                    .map_err(engine_error)?;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.unwrap_or(0))
+                .build()
+                .map_err(|e| usage("--threads", format!("cannot start the thread pool: {e}")))?;
+            pool.install(|| bench(args, &source, backend.as_ref(), None))
+        }
+    }
+}
+
+fn bench(
+    args: &BenchArgs,
+    source: &Source,
+    b: &dyn Backend,
+    engine: Option<&Engine>,
+) -> Result<(), CliError> {
     let batches = &args.batch.0;
-    let backend = make_backend(&args.target)?;
-    let b: &dyn Backend = backend.as_ref();
     let counting = CountingBackend::new(b);
     let probe = b.tensor(&[1], vec![0.0])?;
     let threads = rayon::current_num_threads();
@@ -170,9 +219,16 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         gemm_s * 1e3
     );
 
-    let (unet, scheduler_config): (UNet, SchedulerConfig) = match &source {
-        Source::Folder { folder, .. } => (folder.load_unet(b)?, folder.load_scheduler_config()?),
-        Source::Sd15Shape => {
+    let built: UNet;
+    let (unet, scheduler_config): (&UNet, SchedulerConfig) = match (source, engine) {
+        (Source::Folder { folder, .. }, Some(engine)) => {
+            (engine.unet(), folder.load_scheduler_config()?)
+        }
+        (Source::Folder { folder, .. }, None) => {
+            built = folder.load_unet(b)?;
+            (&built, folder.load_scheduler_config()?)
+        }
+        (Source::Sd15Shape, _) => {
             let config = preset::config_from_json(
                 &preset::sd15_config_json(args.size.unwrap_or(64)),
                 SD15_SHAPE,
@@ -185,7 +241,8 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
                 params as f64 / 1e6,
                 t.elapsed().as_secs_f64()
             );
-            (unet, preset::sd15_scheduler_config()?)
+            built = unet;
+            (&built, preset::sd15_scheduler_config()?)
         }
     };
     let config = unet.config();
@@ -321,6 +378,22 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
             .collect()
     };
     let runs = args.iters.min(3);
+    // Through the engine when it runs this model at this size.
+    let via_engine =
+        engine.filter(|_| args.size.is_none_or(|s| config.sample_size == Some((s, s))));
+    let request_for = |batch: usize, rewarded: bool| Request {
+        count: batch as u64,
+        seed: 0,
+        steps: args.steps,
+        scheduler: Some(kind.kind()),
+        cfg: CFG,
+        reward: if rewarded {
+            vec!["classifier:0".to_string()]
+        } else {
+            Vec::new()
+        },
+        ..Request::default()
+    };
     println!(
         "sampling, cfg {CFG}, {} {} steps, {h}×{w}, median of {runs} runs after a {warmup_steps}-step warm-up:",
         kind.name(),
@@ -336,13 +409,20 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
         let mut step_times = Vec::new();
         let mut walls = Vec::new();
         for _ in 0..runs {
-            let mut last = 0.0;
             let t = Instant::now();
-            sampler.sample(&specs, &PhiloxNoise, &mut |p| {
-                let now = p.elapsed.as_secs_f64();
-                step_times.push(now - last);
-                last = now;
-            })?;
+            match via_engine {
+                Some(engine) => {
+                    time_engine_run(engine, &request_for(batch, false), batch, &mut step_times)?
+                }
+                None => {
+                    let mut last = 0.0;
+                    sampler.sample(&specs, &PhiloxNoise, &mut |p| {
+                        let now = p.elapsed.as_secs_f64();
+                        step_times.push(now - last);
+                        last = now;
+                    })?;
+                }
+            }
             walls.push(t.elapsed().as_secs_f64());
         }
         let wall_s = median(walls);
@@ -373,46 +453,43 @@ pub fn run(args: &BenchArgs) -> Result<(), CliError> {
     // Reward-gradient guidance by the digit classifier at the defaults of
     // `generate --reward`, at the largest batch: what guidance adds to a CFG step.
     let mut reward_json = Value::Null;
-    if let Source::Folder { dir, .. } = &source {
-        let classifier_dir = crate::align::default_classifier_dir(dir);
-        let shape = SampleShape::new(h, w, channels);
-        let classifier_backend = crate::align::classifier_backend(&args.target)?;
-        let reward = Classifier::load_on(&classifier_dir, classifier_backend)
-            .and_then(|c| ClassifierReward::new(std::sync::Arc::new(c), 0))
-            .and_then(|r| r.check_shape(shape).map(|()| r));
-        let cfg_s = results
-            .iter()
-            .find(|r| r.batch == largest)
-            .map_or(f64::NAN, |r| r.wall_s);
-        match reward {
-            Ok(reward) if cross_dim.is_none() => {
-                let alignment = Alignment {
-                    reward: Some(&reward),
-                    guidance: RewardGuidance::recommended(args.steps),
-                    steering: Steering::NONE,
-                };
-                let specs = specs_for(largest);
-                let guided_s = time_it(runs, || {
-                    sampler.sample_aligned(&specs, &PhiloxNoise, &alignment, &mut |_| {})
-                })?;
-                println!(
-                    "  + reward guidance (defaults), {largest} images: {:.2} s, {:.3} s/image, {:+.1}% per step vs cfg alone",
-                    guided_s,
-                    guided_s / largest as f64,
-                    100.0 * (guided_s / cfg_s - 1.0)
-                );
-                reward_json = json!({
-                    "images": largest,
-                    "seconds": guided_s,
-                    "extra_per_step": guided_s / cfg_s - 1.0,
-                });
+    match (via_engine, source) {
+        (Some(engine), _) => {
+            let cfg_s = results
+                .iter()
+                .find(|r| r.batch == largest)
+                .map_or(f64::NAN, |r| r.wall_s);
+            match engine.prepare(&request_for(largest, true)) {
+                Ok(_) => {
+                    let guided_s = time_it(runs, || {
+                        time_engine_run(engine, &request_for(largest, true), largest, &mut Vec::new())
+                            .map_err(|e| match e {
+                                CliError::Runtime(e) => e,
+                                CliError::Usage(m) => diffsteer::Error::invalid("bench", m),
+                            })
+                    })?;
+                    println!(
+                        "  + reward guidance (defaults), {largest} images: {:.2} s, {:.3} s/image, {:+.1}% per step vs cfg alone",
+                        guided_s,
+                        guided_s / largest as f64,
+                        100.0 * (guided_s / cfg_s - 1.0)
+                    );
+                    reward_json = json!({
+                        "images": largest,
+                        "seconds": guided_s,
+                        "extra_per_step": guided_s / cfg_s - 1.0,
+                    });
+                }
+                Err(e) => println!(
+                    "  reward guidance not timed: no usable classifier in {} ({e})",
+                    engine.rewards().classifier_dir.display()
+                ),
             }
-            Ok(_) => {}
-            Err(e) => println!(
-                "  reward guidance not timed: no usable classifier in {} ({e})",
-                classifier_dir.display()
-            ),
         }
+        (None, Source::Folder { .. }) => println!(
+            "  reward guidance not timed: it is timed through the engine, at the model's own sample size"
+        ),
+        (None, Source::Sd15Shape) => {}
     }
 
     if let Some(path) = &args.json {

@@ -6,23 +6,18 @@
 //! value (a row per target).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use diffsteer::fsutil::write_atomic;
-use diffsteer::guidance::Guidance;
 use diffsteer::image::Image8;
-use diffsteer::model::ModelFolder;
+use diffsteer::pipeline::{drive, Feed, Plan, Request};
 use diffsteer::plot::{Chart, Series};
-use diffsteer::reward::SampleShape;
-use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
-use diffsteer::schedule::{self, ScheduleOptions};
 
-use crate::align::{self, AlignmentSetup};
-use crate::args::{
-    AlignArgs, ClassArg, EvalArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SchedulerArg,
-    SteerArg,
+use crate::args::{AlignArgs, EvalArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SteerArg};
+use crate::engine_flags::{
+    apply_alignment, check_classifier_flag, class_choice, engine_error, open_engine,
 };
-use crate::generate::{make_backend, resolve_model};
 use crate::usage_error::{usage, CliError};
 
 /// One row of the table.
@@ -90,13 +85,6 @@ fn with_setting(base: &AlignArgs, key: &str, value: &str) -> Result<AlignArgs, C
     Ok(a)
 }
 
-/// The alignment flags of one target: `classifier:D` first, then the user's terms.
-fn for_target(args: &AlignArgs, target: usize) -> AlignArgs {
-    let mut a = args.clone();
-    a.rewards.insert(0, format!("classifier:{target}"));
-    a
-}
-
 fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -122,20 +110,6 @@ fn diversity(samples: &[Vec<f32>]) -> Option<f64> {
     (pairs > 0).then(|| total / pairs as f64)
 }
 
-/// Model rows one image costs: per step, its repeats × particles × (1 + CFG).
-fn rows_per_image(setup: &AlignmentSetup, steps: usize, cfg: bool) -> f64 {
-    (0..steps)
-        .map(|s| {
-            let repeats = if setup.reward.is_some() {
-                setup.guidance.repeats_at(s)
-            } else {
-                1
-            };
-            repeats * setup.steering.particles * (1 + cfg as usize)
-        })
-        .sum::<usize>() as f64
-}
-
 fn prepare_out(dir: &Path, overwrite: bool) -> Result<(), CliError> {
     if dir.join("eval.csv").exists() && !overwrite {
         return Err(usage(
@@ -150,42 +124,17 @@ fn prepare_out(dir: &Path, overwrite: bool) -> Result<(), CliError> {
         .map_err(|e| usage("--out", format!("cannot create {}: {e}", dir.display())))
 }
 
-pub fn run(args: &EvalArgs) -> Result<(), CliError> {
-    let model_dir = resolve_model(&args.model);
-    let folder = ModelFolder::locate(&model_dir).map_err(|e| usage("--model", e))?;
-    let scheduler_config = folder.load_scheduler_config()?;
-    let scheduler_arg = args
-        .scheduler
-        .or_else(|| scheduler_config.class_kind().map(SchedulerArg::from_kind))
-        .unwrap_or(SchedulerArg::Ddim);
-
-    let backend = make_backend(&args.target)?;
-    let unet = folder.load_unet(backend.as_ref())?;
-    let (height, width) = unet
-        .config()
-        .sample_size
-        .ok_or_else(|| usage("--model", "the model config has no sample_size"))?;
-    let shape = SampleShape::new(height, width, unet.config().in_channels);
-
-    let reward_ctx = align::reward_context(&args.align, &model_dir, &args.target)?;
-    // Resolve every setting before any sampling, so bad input costs nothing.
-    let first_target = args
-        .targets
-        .as_ref()
-        .and_then(|t| t.0.first().copied())
-        .unwrap_or(0);
-    let mut settings = Vec::new();
-    for value in &args.sweep.values {
-        let flags = with_setting(&args.align, &args.sweep.key, value)?;
-        let setup = align::resolve(&for_target(&flags, first_target), &reward_ctx, args.steps)?;
-        let eta = align::resolve_eta(&setup, args.eta, scheduler_arg.kind())?;
-        setup
-            .alignment()
-            .validate(shape, args.steps)
-            .map_err(align::flag_error)?;
-        settings.push((value.clone(), flags, eta));
-    }
-    let classifier = reward_ctx
+pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
+    check_classifier_flag(&args.align)?;
+    let engine = open_engine(
+        &args.model,
+        &args.target,
+        threads,
+        args.align.classifier.clone(),
+    )?;
+    let shape = engine.sample_shape();
+    let classifier = engine
+        .rewards()
         .classifier()
         .map_err(|e| usage("--classifier", e))?;
     let targets = args
@@ -198,67 +147,73 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
             "--targets",
             format!(
                 "{t} is not a class of the classifier in {} (0..={})",
-                reward_ctx.classifier_dir.display(),
+                engine.rewards().classifier_dir.display(),
                 classifier.num_classes() - 1
             ),
         ));
     }
+    // Every setting and target is validated before any sampling, so bad input costs
+    // nothing.
+    let mut settings = Vec::new();
+    for value in &args.sweep.values {
+        let flags = with_setting(&args.align, &args.sweep.key, value)?;
+        let plans = targets
+            .iter()
+            .map(|&target| {
+                engine
+                    .prepare(&request_for(args, &flags, target))
+                    .map_err(engine_error)
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
+        settings.push((value.clone(), plans));
+    }
     prepare_out(&args.out, args.overwrite)?;
 
-    let condition = match args.class {
-        ClassArg::Unconditional => Condition::Unconditional,
-        ClassArg::Label(label) => Condition::Class(label),
-    };
-    let uses_cfg = matches!(condition, Condition::Class(_)) && args.cfg != 1.0;
-
     let mut points = Vec::new();
-    for (p, (value, flags, eta)) in settings.iter().enumerate() {
-        let scheduler = schedule::build(
-            scheduler_arg.kind(),
-            &scheduler_config,
-            args.steps,
-            &ScheduleOptions {
-                eta: *eta,
-                karras: None,
-            },
-        )
-        .map_err(|e| usage("--steps", e))?;
-        let sampler = Sampler::new(backend.as_ref(), &unet, scheduler.as_ref())?;
+    for (p, (value, plans)) in settings.iter().enumerate() {
+        let particles = plans.first().map_or(1, |plan| plan.particles());
+        let mut runner = engine
+            .runner::<usize>(args.batch.saturating_mul(particles))
+            .map_err(engine_error)?;
         let started = Instant::now();
+        // Per target: final rewards and samples, in image order.
+        let mut finals: Vec<Vec<(u64, f32, Vec<f32>)>> = vec![Vec::new(); plans.len()];
+        let mut feed = PlansFeed::new(plans);
+        engine
+            .with_workers(|| {
+                drive(
+                    &mut runner,
+                    &mut feed,
+                    &mut |done| {
+                        let image = done.result?;
+                        finals[done.tag].push((
+                            done.index,
+                            image.output.reward.unwrap_or(f32::NAN),
+                            image.output.data,
+                        ));
+                        Ok(())
+                    },
+                    &mut |_| {},
+                )
+            })
+            .map_err(engine_error)?;
+        let seconds = started.elapsed().as_secs_f64();
         let mut rewards = Vec::new();
         let mut hits = 0usize;
         let mut diversities = Vec::new();
         let mut tiles = Vec::new();
-        let mut rows = 0.0;
-        for &target in &targets {
-            let setup = align::resolve(&for_target(flags, target), &reward_ctx, args.steps)?;
-            rows = rows_per_image(&setup, scheduler.num_steps(), uses_cfg);
-            let alignment = setup.alignment();
-            let specs: Vec<SampleSpec> = (0..args.count as u64)
-                .map(|i| SampleSpec {
-                    seed: args.seed.wrapping_add(i),
-                    condition: condition.clone(),
-                    guidance: Guidance::cfg(args.cfg),
-                })
-                .collect();
-            let mut finals = Vec::new();
-            for batch in specs.chunks(args.batch) {
-                let outputs = sampler
-                    .sample_aligned(batch, &PhiloxNoise, &alignment, &mut |_| {})
-                    .map_err(align::flag_error)?;
-                for o in outputs {
-                    rewards.push(o.reward.unwrap_or(f32::NAN) as f64);
-                    finals.push(o.data);
-                }
-            }
-            let flat: Vec<f32> = finals.iter().flatten().copied().collect();
-            hits += classifier
-                .predict(&flat)?
+        for (t, mut images) in finals.into_iter().enumerate() {
+            images.sort_by_key(|(index, _, _)| *index);
+            let samples: Vec<Vec<f32>> = images.iter().map(|(_, _, x)| x.clone()).collect();
+            rewards.extend(images.iter().map(|(_, r, _)| *r as f64));
+            let flat: Vec<f32> = samples.iter().flatten().copied().collect();
+            hits += engine
+                .install(|| classifier.predict(&flat))?
                 .iter()
-                .filter(|&&c| c == target)
+                .filter(|&&c| c == targets[t])
                 .count();
-            diversities.extend(diversity(&finals));
-            for x in finals.iter().take(10) {
+            diversities.extend(diversity(&samples));
+            for x in samples.iter().take(10) {
                 tiles.push(Image8::from_model_space(
                     x,
                     shape.height,
@@ -266,16 +221,17 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
                     shape.channels,
                 )?);
             }
-            if !args.quiet {
-                eprintln!(
-                    "[{}/{}] {}={value} target {target}: {} images, {:.1} s so far",
-                    p + 1,
-                    settings.len(),
-                    args.sweep.key,
-                    args.count,
-                    started.elapsed().as_secs_f64()
-                );
-            }
+        }
+        if !args.quiet {
+            eprintln!(
+                "[{}/{}] {}={value}: {} targets × {} images in {seconds:.1} s ({:.1} samples per model call)",
+                p + 1,
+                settings.len(),
+                args.sweep.key,
+                targets.len(),
+                args.count,
+                runner.stats().mean_slots_per_call()
+            );
         }
         let images = (targets.len() * args.count) as f64;
         let (mean_reward, std_reward) = mean_std(&rewards);
@@ -285,8 +241,8 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
             std_reward,
             target_share: hits as f64 / images,
             diversity: mean_std(&diversities).0,
-            rows_per_image: rows,
-            seconds_per_image: started.elapsed().as_secs_f64() / images,
+            rows_per_image: runner.stats().rows as f64 / images,
+            seconds_per_image: seconds / images,
         });
         let grid = Image8::grid(&tiles, args.count.min(10), 2, 2)?;
         write_atomic(
@@ -327,6 +283,59 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// The request of one target under one setting: `classifier:D` first, then the
+/// user's reward terms, with the sweep's alignment flags.
+fn request_for(args: &EvalArgs, flags: &AlignArgs, target: usize) -> Request {
+    let mut request = Request {
+        count: args.count as u64,
+        seed: args.seed,
+        class: Some(class_choice(args.class)),
+        steps: args.steps,
+        scheduler: args.scheduler.map(|s| s.kind()),
+        eta: args.eta,
+        cfg: args.cfg,
+        ..Request::default()
+    };
+    apply_alignment(&mut request, flags);
+    request.reward.insert(0, format!("classifier:{target}"));
+    request
+}
+
+/// The images of several plans, tagged with the plan's position, one plan after
+/// another.
+struct PlansFeed<'a> {
+    plans: &'a [Arc<Plan>],
+    current: usize,
+    next: u64,
+}
+
+impl<'a> PlansFeed<'a> {
+    fn new(plans: &'a [Arc<Plan>]) -> Self {
+        PlansFeed {
+            plans,
+            current: 0,
+            next: 0,
+        }
+    }
+}
+
+impl Feed<usize> for PlansFeed<'_> {
+    fn next_sample(&mut self, free_slots: usize) -> Option<(Arc<Plan>, u64, usize)> {
+        while let Some(plan) = self.plans.get(self.current) {
+            if self.next < plan.count() {
+                if plan.particles() > free_slots {
+                    return None;
+                }
+                self.next += 1;
+                return Some((plan.clone(), self.next - 1, self.current));
+            }
+            self.current += 1;
+            self.next = 0;
+        }
+        None
+    }
 }
 
 const COLUMNS: [&str; 8] = [

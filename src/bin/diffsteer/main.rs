@@ -1,8 +1,9 @@
 //! The `diffsteer` command line.
 
-mod align;
 mod args;
+mod batch;
 mod bench;
+mod engine_flags;
 mod eval;
 mod generate;
 mod selftest;
@@ -20,29 +21,28 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error::report_clap(e),
     };
-    // Every command runs on a worker of the pool, not on the main thread: a parallel
-    // op issued from inside the pool forks work cheaply, while one issued from
-    // outside hands the job over and sleeps until it is done (two thread switches
-    // per op, which dominates a small batch's forward).
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.threads.unwrap_or(0))
-        .build()
-    {
-        Ok(pool) => pool,
-        Err(e) => {
-            let threads = cli
-                .threads
-                .map_or("the default number of".into(), |t| t.to_string());
-            eprintln!("error: --threads: cannot start {threads} threads: {e}");
-            return ExitCode::from(2);
-        }
+    // Engine commands run on the engine's own pool; the others on a pool of
+    // their own. Either way the work runs on a worker of the pool, not on the main
+    // thread: a parallel op issued from inside the pool forks work cheaply, while
+    // one issued from outside hands the job over and sleeps until it is done (two
+    // thread switches per op, which dominates a small batch's forward).
+    let threads = cli.threads;
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(&args, threads),
+        Command::Eval(args) => eval::run(&args, threads),
+        Command::Batch(args) => batch::run(&args, threads),
+        Command::Bench(args) => bench::run(&args, threads),
+        Command::Selftest(args) => match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.unwrap_or(0))
+            .build()
+        {
+            Ok(pool) => pool.install(|| selftest::run(&args)),
+            Err(e) => Err(usage_error::usage(
+                "--threads",
+                format!("cannot start the thread pool: {e}"),
+            )),
+        },
     };
-    let result = pool.install(|| match cli.command {
-        Command::Generate(args) => generate::run(&args),
-        Command::Selftest(args) => selftest::run(&args),
-        Command::Bench(args) => bench::run(&args),
-        Command::Eval(args) => eval::run(&args),
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Usage(message)) => {

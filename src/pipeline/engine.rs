@@ -1,0 +1,447 @@
+//! The engine: a model opened once on a device (backend, U-Net, scheduler config,
+//! reward classifier and a thread pool), that validates requests into [`Plan`]s
+//! with no side effect and runs their samples through a [`Runner`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{run_busy, Backend};
+use crate::error::{Error, Result};
+use crate::guidance::reward::RewardForm;
+use crate::guidance::Guidance;
+use crate::model::memory::{available_memory_bytes, format_bytes};
+use crate::model::{ModelFolder, UNet};
+use crate::reward::spec::DEFAULT_CLASSIFIER_DIR;
+use crate::reward::{parse_reward_specs, Reward, RewardContext, SampleShape, WeightedSum};
+use crate::sampler::{SampleSettings, Shared, SlotSampler};
+use crate::schedule::{self, ScheduleOptions, SchedulerConfig, SchedulerKind};
+use crate::steer::SteerMethod;
+use crate::tensor::Precision;
+
+use super::options::{Device, EngineOptions};
+use super::plan::{self, ClassPlan, Plan};
+use super::request::{ClassChoice, Request};
+use super::runner::Runner;
+
+/// Most images one request may ask for.
+pub const MAX_COUNT: u64 = 1 << 32;
+
+/// A model opened for generation.
+pub struct Engine {
+    options: EngineOptions,
+    folder: ModelFolder,
+    backend: Box<dyn Backend>,
+    unet: UNet,
+    scheduler_config: SchedulerConfig,
+    default_scheduler: SchedulerKind,
+    rewards: RewardContext,
+    pool: rayon::ThreadPool,
+    height: usize,
+    width: usize,
+}
+
+/// The backend `device` and `dtype` name.
+pub fn make_backend(device: Device, dtype: Precision) -> Result<Box<dyn Backend>> {
+    match device {
+        Device::Cpu if dtype != Precision::F32 => Err(Error::invalid(
+            "dtype",
+            format!("the CPU backend computes in f32 only; dtype {dtype} needs a cuda device"),
+        )),
+        Device::Cpu => Ok(Box::new(CpuBackend::new())),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => Ok(Box::new(crate::backend::cuda::CudaBackend::new(
+            ordinal, dtype,
+        )?)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Error::invalid(
+            "device",
+            "this binary was built without CUDA (accepted: cpu); rebuild with `cargo build --release --features cuda`",
+        )),
+    }
+}
+
+/// `digit-classifier` next to the model folder, else the shipped one.
+pub fn default_classifier_dir(model_dir: &Path) -> PathBuf {
+    let sibling = model_dir
+        .parent()
+        .map(|p| p.join("digit-classifier"))
+        .filter(|p| p.is_dir());
+    sibling.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CLASSIFIER_DIR))
+}
+
+/// Library argument errors name their setting in the spelling of the layer that
+/// raised them; requests name fields with `_`, and the scheduler says `num_steps`.
+fn as_request_field(e: Error) -> Error {
+    match e {
+        Error::InvalidArgument { name, message } => {
+            let field = match name.as_str() {
+                "num_steps" => "steps".to_string(),
+                "null-class" => "class".to_string(),
+                other => other.replace('-', "_"),
+            };
+            Error::InvalidArgument {
+                name: field,
+                message,
+            }
+        }
+        other => other,
+    }
+}
+
+impl Engine {
+    /// Opens the model of `options` on its device: loads the U-Net and the
+    /// scheduler config and starts the thread pool. Bad options are
+    /// [`Error::InvalidArgument`]s naming the option (`model`, `device`, `dtype`,
+    /// `threads`).
+    pub fn open(options: EngineOptions) -> Result<Self> {
+        let folder = ModelFolder::locate(&options.model).map_err(|e| match e {
+            Error::InvalidArgument { .. } => as_request_field(e),
+            other => Error::invalid("model", other.to_string()),
+        })?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads.unwrap_or(0))
+            .build()
+            .map_err(|e| Error::invalid("threads", format!("cannot start the thread pool: {e}")))?;
+        let backend = make_backend(options.device, options.dtype)?;
+        let scheduler_config = folder.load_scheduler_config()?;
+        let default_scheduler = scheduler_config.class_kind().unwrap_or(SchedulerKind::Ddim);
+        let unet = pool.install(|| folder.load_unet(backend.as_ref()))?;
+        let (height, width) = unet.config().sample_size.ok_or_else(|| {
+            Error::config(
+                &folder.config,
+                "sample_size",
+                "missing: the engine needs the model's sample size",
+            )
+        })?;
+        let classifier_dir = options
+            .classifier
+            .clone()
+            .unwrap_or_else(|| default_classifier_dir(&options.model));
+        let mut rewards = RewardContext::new(classifier_dir);
+        if options.device != Device::Cpu {
+            // The classifier steers every step: it runs in f32 on the same device.
+            rewards =
+                rewards.with_backend(Arc::from(make_backend(options.device, Precision::F32)?));
+        }
+        let engine = Engine {
+            options,
+            folder,
+            backend,
+            unet,
+            scheduler_config,
+            default_scheduler,
+            rewards,
+            pool,
+            height,
+            width,
+        };
+        engine.check_memory(1)?;
+        Ok(engine)
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The model folder as given.
+    pub fn model_dir(&self) -> &Path {
+        &self.options.model
+    }
+
+    pub fn folder(&self) -> &ModelFolder {
+        &self.folder
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    /// The shape of one image in the model's space.
+    pub fn sample_shape(&self) -> SampleShape {
+        SampleShape::new(self.height, self.width, self.unet.config().in_channels)
+    }
+
+    /// The scheduler a request gets when it names none.
+    pub fn default_scheduler(&self) -> SchedulerKind {
+        self.default_scheduler
+    }
+
+    /// Class labels a request may ask for (`0..n`), on a class-conditional model.
+    pub fn conditional_classes(&self) -> Option<usize> {
+        self.unet.num_classes().map(|n| n - 1)
+    }
+
+    /// Where `classifier:` rewards load their classifier from.
+    pub fn rewards(&self) -> &RewardContext {
+        &self.rewards
+    }
+
+    /// Runs `work` on the engine's thread pool, with its other threads kept
+    /// polling for jobs until it returns (see
+    /// [`Backend::with_busy_workers`](crate::backend::Backend::with_busy_workers)):
+    /// wrap bursts of [`Runner::step`] calls in it, not waits for new work.
+    pub fn with_workers<R: Send>(&self, work: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        self.pool.install(|| run_busy(self.backend.as_ref(), work))
+    }
+
+    /// Runs `work` on the engine's thread pool (no busy polling).
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(work)
+    }
+
+    /// A runner packing up to `capacity` slots (samples × particles) into each
+    /// model call; `tag`s identify whose samples are whose.
+    pub fn runner<T>(&self, capacity: usize) -> Result<Runner<'_, T>> {
+        if capacity == 0 {
+            return Err(Error::invalid("batch", "must be at least 1"));
+        }
+        // With CFG, a call has up to twice as many rows as slots.
+        self.check_memory(capacity.saturating_mul(2))
+            .map_err(|e| match e {
+                Error::InvalidArgument { message, .. } => Error::invalid("batch", message),
+                other => other,
+            })?;
+        let sampler = SlotSampler::new(self.backend.as_ref(), &self.unet)?
+            .with_step_path(self.options.step_path);
+        Ok(Runner::new(self, sampler, capacity))
+    }
+
+    /// An error unless a model call of `rows` rows fits in the memory the system
+    /// says is available.
+    pub fn check_memory(&self, rows: usize) -> Result<()> {
+        let needed = self
+            .unet
+            .config()
+            .forward_bytes_estimate(rows, self.height, self.width);
+        let Some(available) = available_memory_bytes() else {
+            return Ok(());
+        };
+        if needed > available {
+            return Err(Error::invalid(
+                if rows <= 1 { "model" } else { "batch" },
+                format!(
+                    "a forward of {rows} row(s) of {}×{} samples ({}) needs about {} of activations; this machine has {} available",
+                    self.height,
+                    self.width,
+                    self.folder.config.display(),
+                    format_bytes(needed),
+                    format_bytes(available)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates `request` against this engine's model and resolves every
+    /// default: the one call a front end makes before any side effect. Errors are
+    /// [`Error::InvalidArgument`]s naming the request field at fault (except a
+    /// classifier that cannot be loaded: field `classifier`).
+    pub fn prepare(&self, request: &Request) -> Result<Arc<Plan>> {
+        self.plan(request).map(Arc::new).map_err(as_request_field)
+    }
+
+    fn plan(&self, r: &Request) -> Result<Plan> {
+        if let Some(model) = &r.model {
+            if !same_folder(Path::new(model), &self.options.model) {
+                return Err(Error::invalid(
+                    "model",
+                    format!(
+                        "this engine runs {}; a request for {model} needs an engine of its own",
+                        self.options.model.display()
+                    ),
+                ));
+            }
+        }
+        if self.unet.config().cross_attention_dim.is_some() {
+            return Err(Error::invalid(
+                "model",
+                "this is a text-conditioned model (UNet2DConditionModel); the engine takes class and unconditional models (use the library's Sampler with encoder hidden states)",
+            ));
+        }
+        if r.count == 0 || r.count > MAX_COUNT {
+            return Err(Error::invalid(
+                "count",
+                format!(
+                    "{} images requested; one request takes 1 to {MAX_COUNT}",
+                    r.count
+                ),
+            ));
+        }
+        if r.seed.checked_add(r.count - 1).is_none() {
+            return Err(Error::invalid(
+                "seed",
+                format!(
+                    "seed {} + count {} overflows u64 (image i uses seed + i)",
+                    r.seed, r.count
+                ),
+            ));
+        }
+        let classes = self.class_plan(r.class)?;
+        let guidance = Guidance {
+            scale: r.cfg,
+            rescale: r.cfg_rescale,
+            interval: plan::interval(r.cfg_interval),
+        };
+        guidance.validate()?;
+
+        let reward = self.reward_of(r)?;
+        let reward_guidance = plan::reward_guidance(r, reward.is_some(), r.steps);
+        if reward_guidance.form == RewardForm::Eps && r.reward_scale.is_none() && reward.is_some() {
+            return Err(Error::invalid(
+                "reward_form",
+                "eps takes its own scale: give reward_scale as well",
+            ));
+        }
+        let steering = plan::steering(r);
+        let fk_given = [
+            ("fk_potential", r.fk_potential.is_some()),
+            ("fk_lambda", r.fk_lambda.is_some()),
+            ("fk_every", r.fk_every.is_some()),
+            ("fk_window", r.fk_window.is_some()),
+            ("fk_adaptive", r.fk_adaptive),
+        ];
+        if let Some((field, _)) = fk_given.iter().find(|(_, given)| *given) {
+            if !(steering.is_active() && steering.method == SteerMethod::FeynmanKac) {
+                return Err(Error::invalid(
+                    *field,
+                    "sets Feynman-Kac steering: needs particles > 1 and steer fk",
+                ));
+            }
+        }
+        reward_guidance.validate()?;
+        steering.validate()?;
+
+        let kind = r.scheduler.unwrap_or(self.default_scheduler);
+        let fk = steering.is_active() && steering.method == SteerMethod::FeynmanKac;
+        let stochastic_needed =
+            fk && (reward_guidance.recurrence == 1 || reward_guidance.scale == 0.0);
+        let eta = match (r.eta, kind) {
+            (Some(eta), _) => eta,
+            (None, SchedulerKind::Ddim) if stochastic_needed => 1.0,
+            (None, _) => 0.0,
+        };
+        let deterministic = match kind {
+            SchedulerKind::Ddim => eta == 0.0,
+            SchedulerKind::Euler | SchedulerKind::DpmSolverMultistep => true,
+            SchedulerKind::Ddpm | SchedulerKind::EulerAncestral => false,
+        };
+        if stochastic_needed && deterministic {
+            return Err(Error::invalid(
+                "steer",
+                format!(
+                    "fk resamples particles, and copies of one particle only diverge with fresh noise, which {kind} with these settings never draws: use ddpm, euler-a or ddim with eta > 0, or add recur K"
+                ),
+            ));
+        }
+        let scheduler = schedule::build(
+            kind,
+            &self.scheduler_config,
+            r.steps,
+            &ScheduleOptions {
+                eta,
+                karras: r.karras.then_some(true),
+            },
+        )?;
+        let settings = SampleSettings {
+            scheduler: Shared::Owned(Arc::from(scheduler)),
+            reward: reward.clone().map(|w| Shared::Owned(w as Arc<dyn Reward>)),
+            reward_guidance,
+            steering,
+        };
+        settings.validate(self.sample_shape())?;
+        let rows = steering.particles
+            * if classes == ClassPlan::Unconditional {
+                1
+            } else {
+                2
+            };
+        self.check_memory(rows).map_err(|e| match e {
+            Error::InvalidArgument { message, .. } if rows > 1 => {
+                Error::invalid("particles", message)
+            }
+            other => other,
+        })?;
+        Ok(Plan {
+            request: r.clone(),
+            classes,
+            guidance,
+            settings: Arc::new(settings),
+            reward,
+            scheduler: kind,
+            eta,
+            model: self.options.model.display().to_string(),
+        })
+    }
+
+    fn class_plan(&self, class: Option<ClassChoice>) -> Result<ClassPlan> {
+        let labels = self.conditional_classes();
+        match (class, labels) {
+            (Some(ClassChoice::Label(label)), Some(n)) if label < n => Ok(ClassPlan::Label(label)),
+            (Some(ClassChoice::Label(label)), Some(n)) => Err(Error::invalid(
+                "class",
+                format!(
+                    "{label} is out of range for this model (accepted: 0..={} or none)",
+                    n - 1
+                ),
+            )),
+            (Some(ClassChoice::Label(_)), None) => Err(Error::invalid(
+                "class",
+                format!(
+                    "the model in {} has no class embedding; leave class out",
+                    self.options.model.display()
+                ),
+            )),
+            (Some(ClassChoice::Unconditional), _) | (None, None) => Ok(ClassPlan::Unconditional),
+            (None, Some(n)) => Ok(ClassPlan::Cycle(n)),
+        }
+    }
+
+    fn reward_of(&self, r: &Request) -> Result<Option<Arc<WeightedSum>>> {
+        if r.reward.is_empty() {
+            let needs_reward = [
+                ("reward_scale", r.reward_scale.is_some()),
+                ("reward_form", r.reward_form.is_some()),
+                ("reward_schedule", r.reward_schedule.is_some()),
+                ("reward_window", r.reward_window.is_some()),
+                ("reward_iters", r.reward_iters.is_some()),
+                ("reward_raw", r.reward_raw),
+                ("recur", r.recur.is_some()),
+                ("particles", r.particles > 1),
+                ("steer", r.steer.is_some()),
+            ];
+            if let Some((field, _)) = needs_reward.iter().find(|(_, given)| *given) {
+                return Err(Error::invalid(
+                    *field,
+                    "works on a reward: add a reward spec (e.g. classifier:3)",
+                ));
+            }
+            return Ok(None);
+        }
+        let sum = parse_reward_specs(&r.reward, &self.rewards).map_err(|e| match e {
+            Error::InvalidArgument { .. } => e,
+            other => Error::invalid(
+                "classifier",
+                format!(
+                    "cannot load the classifier in {}: {other}",
+                    self.rewards.classifier_dir.display()
+                ),
+            ),
+        })?;
+        sum.check_shape(self.sample_shape())
+            .map_err(|e| Error::invalid("reward", e.to_string()))?;
+        Ok(Some(Arc::new(sum)))
+    }
+}
+
+/// Whether two paths name the same folder (after resolving links, when both exist).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,179 @@
+//! A validated request ([`Plan`]): its scheduler built, its reward parsed, its
+//! guidance and steering resolved with `generate`'s defaults, and every limit
+//! checked, so that running it can only fail on what happens while sampling. A
+//! plan hands out its samples one index at a time ([`Plan::spec`]): nothing is
+//! proportional to `count`.
+
+use std::sync::Arc;
+
+use crate::guidance::reward::{RewardForm, RewardGuidance};
+use crate::guidance::{Guidance, GuidanceInterval};
+use crate::reward::WeightedSum;
+use crate::sampler::{Condition, SampleOutput, SampleSettings, SampleSpec};
+use crate::schedule::SchedulerKind;
+use crate::steer::{SteerMethod, Steering};
+
+use super::metadata::{window_field, AlignmentMetadata, ImageMetadata};
+use super::request::{Request, StepWindow};
+
+/// How a plan's images get their class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClassPlan {
+    /// Every image the same label.
+    Label(usize),
+    /// Image `i` gets label `i mod classes`.
+    Cycle(usize),
+    /// The unconditional prediction (the null class, or a model without classes).
+    Unconditional,
+}
+
+/// A request ready to run.
+pub struct Plan {
+    pub(crate) request: Request,
+    pub(crate) classes: ClassPlan,
+    pub(crate) guidance: Guidance,
+    pub(crate) settings: Arc<SampleSettings<'static>>,
+    pub(crate) reward: Option<Arc<WeightedSum>>,
+    pub(crate) scheduler: SchedulerKind,
+    pub(crate) eta: f64,
+    pub(crate) model: String,
+}
+
+impl Plan {
+    /// The request as given.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.request.id.as_deref()
+    }
+
+    /// Images the request asks for.
+    pub fn count(&self) -> u64 {
+        self.request.count
+    }
+
+    /// Slots one image occupies in every model call (its particles).
+    pub fn particles(&self) -> usize {
+        self.settings.steering.particles
+    }
+
+    /// Model calls one particle of an image takes part in (steps, plus repeats).
+    pub fn calls_per_image(&self) -> usize {
+        self.settings.calls_per_particle()
+    }
+
+    /// Image `index`'s seed (`seed + index`; the plan checked it cannot overflow).
+    pub fn seed_of(&self, index: u64) -> u64 {
+        self.request.seed.wrapping_add(index)
+    }
+
+    /// Image `index`'s class label, where it has one.
+    pub fn class_of(&self, index: u64) -> Option<usize> {
+        match self.classes {
+            ClassPlan::Label(label) => Some(label),
+            ClassPlan::Cycle(n) => Some((index % n as u64) as usize),
+            ClassPlan::Unconditional => None,
+        }
+    }
+
+    /// What the sampler needs for image `index`.
+    pub fn spec(&self, index: u64) -> SampleSpec {
+        SampleSpec {
+            seed: self.seed_of(index),
+            condition: match self.class_of(index) {
+                Some(label) => Condition::Class(label),
+                None => Condition::Unconditional,
+            },
+            guidance: self.guidance,
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &Arc<SampleSettings<'static>> {
+        &self.settings
+    }
+
+    /// The reward the plan's images are scored by, if any.
+    pub fn reward(&self) -> Option<&Arc<WeightedSum>> {
+        self.reward.as_ref()
+    }
+
+    /// The metadata of image `index`, made from `output` (its final reward and
+    /// surviving particle) and `terms`, each reward term's value on it.
+    pub fn metadata(&self, index: u64, output: &SampleOutput, terms: &[f32]) -> ImageMetadata {
+        let class = self.class_of(index);
+        let cfg_applies = self.classes != ClassPlan::Unconditional;
+        let alignment = self.reward.as_ref().map(|reward| AlignmentMetadata {
+            reward: self.request.reward.clone(),
+            reward_value: output.reward.unwrap_or(f32::NAN),
+            reward_terms: reward
+                .term_names()
+                .into_iter()
+                .zip(terms.iter().copied())
+                .collect(),
+            reward_guidance: (&self.settings.reward_guidance).into(),
+            steering: (&self.settings.steering).into(),
+            particle: output.particle,
+        });
+        ImageMetadata {
+            seed: self.seed_of(index),
+            class,
+            steps: self.settings.scheduler.num_steps(),
+            scheduler: self.scheduler.cli_name().to_string(),
+            cfg: cfg_applies.then_some(self.guidance.scale),
+            cfg_rescale: cfg_applies.then_some(self.guidance.rescale),
+            cfg_interval: if cfg_applies {
+                window_field(self.guidance.interval)
+            } else {
+                None
+            },
+            eta: self.eta,
+            karras: self.request.karras,
+            model: self.model.clone(),
+            alignment,
+        }
+    }
+}
+
+pub(crate) fn interval(window: Option<StepWindow>) -> GuidanceInterval {
+    window.map_or(GuidanceInterval::ALWAYS, |w| GuidanceInterval {
+        start: w.start,
+        stop: w.stop,
+    })
+}
+
+/// Reward guidance with `generate`'s defaults for `num_steps` steps, where the
+/// request leaves a setting out.
+pub(crate) fn reward_guidance(r: &Request, has_reward: bool, num_steps: usize) -> RewardGuidance {
+    let defaults = RewardGuidance::recommended(num_steps);
+    RewardGuidance {
+        form: r.reward_form.unwrap_or(RewardForm::X0),
+        scale: if has_reward {
+            r.reward_scale.unwrap_or(defaults.scale)
+        } else {
+            0.0
+        },
+        schedule: r.reward_schedule.unwrap_or(defaults.schedule),
+        normalize: !r.reward_raw,
+        iterations: r.reward_iters.unwrap_or(defaults.iterations),
+        window: r
+            .reward_window
+            .map_or(defaults.window, |w| interval(Some(w))),
+        recurrence: r.recur.unwrap_or(defaults.recurrence),
+    }
+}
+
+/// Particle steering with `generate`'s defaults where the request leaves a
+/// setting out.
+pub(crate) fn steering(r: &Request) -> Steering {
+    let base = Steering::new(r.particles, r.steer.unwrap_or(SteerMethod::FeynmanKac));
+    Steering {
+        potential: r.fk_potential.unwrap_or(base.potential),
+        lambda: r.fk_lambda.unwrap_or(base.lambda),
+        every: r.fk_every.unwrap_or(base.every),
+        window: r.fk_window.map_or(base.window, |w| interval(Some(w))),
+        adaptive: r.fk_adaptive,
+        ..base
+    }
+}
