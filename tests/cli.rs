@@ -145,7 +145,7 @@ fn bad_flags_are_one_line_errors_with_exit_code_2() {
     rejects(
         &["--device", "cpu", "--dtype", "bf16"],
         "--dtype",
-        "needs --device cuda",
+        "needs a cuda device",
     );
 }
 

@@ -99,8 +99,12 @@ fn bad_alignment_flags_are_one_line_errors() {
         "--particles",
         "at least 1",
     );
-    rejects(&["--particles", "2"], "--particles", "--reward");
-    rejects(&["--reward-scale", "0.2"], "--reward-scale", "--reward");
+    rejects(&["--particles", "2"], "--particles", "works on a reward");
+    rejects(
+        &["--reward-scale", "0.2"],
+        "--reward-scale",
+        "works on a reward",
+    );
     rejects(
         &["--reward-scale", "-1", "--reward", "classifier:1"],
         "--reward-scale",
@@ -131,7 +135,7 @@ fn bad_alignment_flags_are_one_line_errors() {
     rejects(
         &["--reward", "classifier:1", "--fk-lambda", "5"],
         "--fk-lambda",
-        "--particles",
+        "particles > 1",
     );
     rejects(
         &[

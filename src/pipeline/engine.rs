@@ -288,6 +288,18 @@ impl Engine {
             interval: plan::interval(r.cfg_interval),
         };
         guidance.validate()?;
+        if let Some(w) = r
+            .cfg_interval
+            .filter(|w| w.stop != usize::MAX && w.stop > r.steps)
+        {
+            return Err(Error::invalid(
+                "cfg_interval",
+                format!(
+                    "{w} reaches past the last step; windows lie within 0:{}",
+                    r.steps
+                ),
+            ));
+        }
 
         let reward = self.reward_of(r)?;
         let reward_guidance = plan::reward_guidance(r, reward.is_some(), r.steps);

@@ -33,6 +33,7 @@ mod options;
 mod plan;
 pub mod request;
 mod runner;
+mod service;
 
 pub use engine::{default_classifier_dir, make_backend, Engine, MAX_COUNT};
 pub use metadata::ImageMetadata;
@@ -40,3 +41,6 @@ pub use options::{Device, EngineOptions};
 pub use plan::Plan;
 pub use request::{ClassChoice, Request, StepWindow};
 pub use runner::{drive, Feed, Finished, GeneratedImage, PlanFeed, Runner, RunnerStats};
+pub use service::{
+    Service, ServiceMetrics, ServiceOptions, SubmitError, Ticket, TicketEvent, STEP_SECONDS_BUCKETS,
+};

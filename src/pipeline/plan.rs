@@ -39,6 +39,17 @@ pub struct Plan {
     pub(crate) model: String,
 }
 
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("request", &self.request)
+            .field("scheduler", &self.scheduler)
+            .field("eta", &self.eta)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Plan {
     /// The request as given.
     pub fn request(&self) -> &Request {

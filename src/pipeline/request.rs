@@ -363,19 +363,30 @@ pub fn rho_schedule_name(schedule: RhoSchedule) -> &'static str {
 
 /// The known key closest to `key`, when it is close enough to be a typo.
 fn suggestion(key: &str) -> Option<&'static str> {
+    // Edit distance with adjacent transpositions (optimal string alignment), so a
+    // swapped pair of letters ("stesp") counts as one typo.
     fn distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for (j, &cb) in b.iter().enumerate() {
-                let cost = if ca == cb { prev } else { prev + 1 };
-                prev = row[j + 1];
-                row[j + 1] = cost.min(row[j] + 1).min(row[j + 1] + 1);
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut best = (d[i - 1][j] + 1)
+                    .min(d[i][j - 1] + 1)
+                    .min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = best;
             }
         }
-        row[b.len()]
+        d[a.len()][b.len()]
     }
     let normalised = key.replace('-', "_").to_ascii_lowercase();
     REQUEST_KEYS

@@ -135,6 +135,14 @@ impl<'e, T> Runner<'e, T> {
         self.runs.iter().map(|r| r.calls_left() as u64).sum()
     }
 
+    /// Each sample in flight's tag and the model calls it still takes part in.
+    pub fn calls_left_by_tag(&self) -> impl Iterator<Item = (&T, u64)> {
+        self.owners
+            .iter()
+            .zip(&self.runs)
+            .map(|(o, r)| (&o.tag, r.calls_left() as u64))
+    }
+
     /// The tags of the samples in flight.
     pub fn tags(&self) -> impl Iterator<Item = &T> {
         self.owners.iter().map(|o| &o.tag)

@@ -350,9 +350,9 @@ fn bench(
     let scheduler = build(args.steps)?;
     let warmup_steps = args.steps.min(2);
     let warmup_scheduler = build(warmup_steps)?;
-    let sampler = Sampler::new(b, &unet, scheduler.as_ref())?.with_size(h, w)?;
+    let sampler = Sampler::new(b, unet, scheduler.as_ref())?.with_size(h, w)?;
     let counting_sampler =
-        Sampler::new(&counting, &unet, warmup_scheduler.as_ref())?.with_size(h, w)?;
+        Sampler::new(&counting, unet, warmup_scheduler.as_ref())?.with_size(h, w)?;
     let specs_for = |batch: usize| -> Vec<SampleSpec> {
         (0..batch)
             .map(|i| SampleSpec {
