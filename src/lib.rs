@@ -36,6 +36,7 @@ pub mod reward;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod serve;
 pub mod steer;
 pub mod tensor;
 

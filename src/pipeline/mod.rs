@@ -42,5 +42,6 @@ pub use plan::Plan;
 pub use request::{ClassChoice, Request, StepWindow};
 pub use runner::{drive, Feed, Finished, GeneratedImage, PlanFeed, Runner, RunnerStats};
 pub use service::{
-    Service, ServiceMetrics, ServiceOptions, SubmitError, Ticket, TicketEvent, STEP_SECONDS_BUCKETS,
+    CancelOnDrop, EventSink, Service, ServiceMetrics, ServiceOptions, SubmitError, Ticket,
+    TicketEvent, STEP_SECONDS_BUCKETS,
 };

@@ -72,6 +72,39 @@ pub enum TicketEvent {
     Done,
 }
 
+/// Where a request's events go. A sink whose receiver is gone cancels the request
+/// (at the next step boundary).
+pub trait EventSink: Send {
+    /// Delivers `event`; false when the receiver is gone.
+    fn send(&mut self, event: TicketEvent) -> bool;
+
+    /// Whether the receiver is gone (checked before every step).
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+impl EventSink for Sender<TicketEvent> {
+    fn send(&mut self, event: TicketEvent) -> bool {
+        Sender::send(self, event).is_ok()
+    }
+}
+
+/// Cancels a request submitted with [`Service::submit_to`] when asked or dropped.
+pub struct CancelOnDrop(Arc<AtomicBool>);
+
+impl CancelOnDrop {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
 /// A submitted request's handle: its events, and cancellation. Dropping it
 /// cancels what has not finished.
 pub struct Ticket {
@@ -179,7 +212,7 @@ pub struct ServiceMetrics {
 /// A request being served.
 struct Active {
     plan: Arc<Plan>,
-    sender: Sender<TicketEvent>,
+    sender: Box<dyn EventSink>,
     cancelled: Arc<AtomicBool>,
     /// Images handed to the runner so far.
     next: u64,
@@ -263,8 +296,33 @@ impl Service {
         self.inner.options
     }
 
-    /// Validates `request` and queues it.
+    /// Validates `request` and queues it; its events arrive on the ticket.
     pub fn submit(&self, request: &Request) -> std::result::Result<Ticket, SubmitError> {
+        let (sender, events) = mpsc::channel();
+        let (plan, cancelled) = self.enqueue(request, Box::new(sender))?;
+        Ok(Ticket {
+            events,
+            cancelled,
+            plan,
+        })
+    }
+
+    /// Validates `request` and queues it; its events go to `sink`. The request is
+    /// cancelled when the returned guard is dropped or the sink closes.
+    pub fn submit_to(
+        &self,
+        request: &Request,
+        sink: Box<dyn EventSink>,
+    ) -> std::result::Result<(Arc<Plan>, CancelOnDrop), SubmitError> {
+        let (plan, cancelled) = self.enqueue(request, sink)?;
+        Ok((plan, CancelOnDrop(cancelled)))
+    }
+
+    fn enqueue(
+        &self,
+        request: &Request,
+        sender: Box<dyn EventSink>,
+    ) -> std::result::Result<(Arc<Plan>, Arc<AtomicBool>), SubmitError> {
         let plan = match self.inner.engine.prepare(request) {
             Ok(plan) => plan,
             Err(e) => {
@@ -295,7 +353,6 @@ impl Service {
                 max_queue: self.inner.options.max_queue,
             });
         }
-        let (sender, events) = mpsc::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let id = state.next_id;
         state.next_id += 1;
@@ -316,11 +373,7 @@ impl Service {
         state.metrics.accepted += 1;
         drop(state);
         self.inner.wake.notify_all();
-        Ok(Ticket {
-            events,
-            cancelled,
-            plan,
-        })
+        Ok((plan, cancelled))
     }
 
     /// The counters now.
@@ -330,6 +383,11 @@ impl Service {
         m.queue_depth = state.waiting.len();
         m.samples_in_flight = self.inner.samples_in_flight.load(Ordering::Acquire) as usize;
         m
+    }
+
+    /// Whether no request is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.inner.lock().requests.is_empty()
     }
 
     /// Whether new requests are taken.
@@ -478,7 +536,7 @@ fn drop_cancelled(state: &mut State, runner: &mut Runner<'_, u64>) {
     let cancelled: Vec<u64> = state
         .requests
         .iter()
-        .filter(|(_, a)| a.cancelled.load(Ordering::Acquire))
+        .filter(|(_, a)| a.cancelled.load(Ordering::Acquire) || a.sender.is_closed())
         .map(|(id, _)| *id)
         .collect();
     if cancelled.is_empty() {
@@ -489,7 +547,7 @@ fn drop_cancelled(state: &mut State, runner: &mut Runner<'_, u64>) {
     for id in cancelled {
         state.waiting.retain(|w| *w != id);
         if let Some(pos) = state.requests.iter().position(|(i, _)| *i == id) {
-            let (_, active) = state.requests.remove(pos);
+            let (_, mut active) = state.requests.remove(pos);
             let _ = active.sender.send(TicketEvent::Done);
             state.metrics.cancelled += 1;
         }
@@ -532,7 +590,7 @@ fn report_progress(state: &mut State, runner: &Runner<'_, u64>) {
     for (tag, calls) in runner.calls_left_by_tag() {
         *left.entry(*tag).or_default() += calls;
     }
-    for (id, active) in &state.requests {
+    for (id, active) in &mut state.requests {
         if let Some(&calls_left) = left.get(id) {
             let per = active.plan.calls_per_image() as u64;
             let done = active.next * per - calls_left;

@@ -35,6 +35,8 @@ pub enum Command {
     /// Run a JSONL file of requests (one per line) with continuous batching:
     /// resumable, shardable, nothing lost.
     Batch(BatchArgs),
+    /// Serve requests over HTTP with continuous batching across requests and steps.
+    Serve(ServeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -453,6 +455,60 @@ pub struct BatchArgs {
 
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model folder to serve.
+    #[arg(long, value_name = "DIR", default_value = "weights/digits")]
+    pub model: PathBuf,
+
+    /// Address to listen on (loopback by default).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0: any free port; the log line says which).
+    #[arg(long, value_name = "PORT", default_value = "8000")]
+    pub port: u16,
+
+    /// Most samples in one model call (each particle counts).
+    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub batch: usize,
+
+    /// Most requests waiting to start; more are answered 429 with Retry-After.
+    #[arg(long = "max-queue", value_name = "N", default_value = "64", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub max_queue: usize,
+
+    /// Most images one request may ask for.
+    #[arg(long = "max-count", value_name = "N", default_value = "64", value_parser = parse_positive_u64, allow_negative_numbers = true)]
+    pub max_count: u64,
+
+    /// Most steps one request may ask for.
+    #[arg(long = "max-steps", value_name = "N", default_value = "500", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub max_steps: usize,
+
+    /// Most particles per image one request may ask for.
+    #[arg(long = "max-particles", value_name = "N", default_value = "16", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub max_particles: usize,
+
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long = "max-body-bytes", value_name = "N", default_value = "1048576", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub max_body_bytes: usize,
+
+    /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
+    /// next to the model folder.
+    #[arg(long, value_name = "DIR")]
+    pub classifier: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+fn parse_positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number ≥ 1".to_string()),
+    }
 }
 
 fn parse_shard(s: &str) -> Result<diffsteer::batch::Shard, String> {

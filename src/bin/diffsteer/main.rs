@@ -7,6 +7,7 @@ mod engine_flags;
 mod eval;
 mod generate;
 mod selftest;
+mod serve;
 mod usage_error;
 
 use std::process::ExitCode;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args, threads),
         Command::Batch(args) => batch::run(&args, threads),
         Command::Bench(args) => bench::run(&args, threads),
+        Command::Serve(args) => serve::run(&args, threads),
         Command::Selftest(args) => match rayon::ThreadPoolBuilder::new()
             .num_threads(threads.unwrap_or(0))
             .build()
