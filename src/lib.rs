@@ -35,6 +35,7 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod steer;
+pub mod step;
 pub mod tensor;
 
 pub use backend::cpu::CpuBackend;

@@ -8,9 +8,8 @@ use std::sync::atomic::Ordering;
 use super::{check_finite, Condition, Rows, SampleSpec, Sampler};
 use crate::backend::SlotStep;
 use crate::error::Result;
-use crate::guidance::cfg;
 use crate::model::UNetInputs;
-use crate::schedule::LinearStep;
+use crate::step::LinearStep;
 use crate::tensor::Tensor;
 
 /// The model output of one step on the backend, and whose rows are whose.
@@ -271,8 +270,8 @@ impl Sampler<'_> {
             match call.uncond_row[k] {
                 Some(u) => {
                     let g = specs[slots.sample_of(k)].guidance;
-                    cfg::combine(row(u), cond, g.scale, guided);
-                    cfg::rescale(guided, cond, g.rescale);
+                    crate::step::combine(row(u), cond, g.scale, guided);
+                    crate::step::rescale(guided, cond, g.rescale);
                 }
                 None => guided.copy_from_slice(cond),
             }
