@@ -34,6 +34,7 @@ pub mod reward;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod selftest;
 pub mod steer;
 pub mod step;
 pub mod tensor;
