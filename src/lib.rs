@@ -29,7 +29,6 @@ pub mod guidance;
 pub mod image;
 pub mod json_fields;
 pub mod model;
-pub mod plot;
 pub mod reward;
 pub mod rng;
 pub mod sampler;

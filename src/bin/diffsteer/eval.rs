@@ -12,7 +12,6 @@ use diffsteer::fsutil::write_atomic;
 use diffsteer::guidance::Guidance;
 use diffsteer::image::Image8;
 use diffsteer::model::ModelFolder;
-use diffsteer::plot::{Chart, Series};
 use diffsteer::reward::SampleShape;
 use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions};
@@ -22,6 +21,7 @@ use crate::args::{
     AlignArgs, ClassArg, EvalArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SchedulerArg,
     SteerArg,
 };
+use crate::eval_chart::{eval_chart_png, EvalChartPoint};
 use crate::generate::{make_backend, resolve_model};
 use crate::usage_error::{usage, CliError};
 
@@ -302,21 +302,19 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         &args.out.join("eval.csv"),
         csv(&args.sweep.key, &points).as_bytes(),
     )?;
-    let chart = Chart {
-        title: format!("reward vs. compute, sweeping {}", args.sweep.key),
-        x_label: "seconds per image".into(),
-        y_label: "mean final reward".into(),
-        series: vec![Series::new(
-            args.sweep.key.clone(),
-            points
-                .iter()
-                .map(|p| (p.seconds_per_image, p.mean_reward))
-                .collect(),
-        )
-        .with_point_labels(points.iter().map(|p| p.value.clone()).collect())],
-        log_x: false,
-    };
-    write_atomic(&args.out.join("eval.png"), &chart.render_png(720, 480)?)?;
+    let chart: Vec<EvalChartPoint> = points
+        .iter()
+        .map(|p| EvalChartPoint {
+            value: p.value.clone(),
+            mean_reward: p.mean_reward,
+            target_share: p.target_share,
+            seconds_per_image: p.seconds_per_image,
+        })
+        .collect();
+    write_atomic(
+        &args.out.join("eval.png"),
+        &eval_chart_png(&args.sweep.key, &chart)?,
+    )?;
     if !args.quiet {
         eprintln!(
             "wrote {} and {} ({} targets × {} images per setting)",

@@ -4,6 +4,7 @@ mod align;
 mod args;
 mod bench;
 mod eval;
+mod eval_chart;
 mod generate;
 mod selftest;
 mod usage_error;
