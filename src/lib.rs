@@ -31,13 +31,14 @@ pub mod image;
 pub mod json_fields;
 pub mod model;
 pub mod pipeline;
-pub mod plot;
 pub mod reward;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod selftest;
 pub mod serve;
 pub mod steer;
+pub mod step;
 pub mod tensor;
 
 pub use backend::cpu::CpuBackend;

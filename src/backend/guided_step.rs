@@ -6,8 +6,7 @@
 //! reference every backend is checked against, and the default implementation.
 
 use crate::error::{Error, Result};
-use crate::guidance::cfg;
-use crate::schedule::LinearStep;
+use crate::step::{self, LinearStep};
 
 /// One slot's part of a fused step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,7 +140,7 @@ pub fn kernel_tables(slots: &[SlotStep]) -> Result<(Vec<f32>, Vec<i32>)> {
 
 /// The fused step on the host, from the model output's values `[rows, per_sample]`:
 /// the same f32 operations, in the same order, as the sampler's unfused path
-/// (`cfg::combine`, `cfg::rescale`, the reward shift, then [`LinearStep::apply`]).
+/// (`step::combine`, `step::rescale`, the reward shift, then [`LinearStep::apply`]).
 pub fn guided_step_on_host(
     model_out: &[f32],
     rows: usize,
@@ -160,8 +159,8 @@ pub fn guided_step_on_host(
         let cond = row(s.cond_row);
         match s.uncond_row {
             Some(u) => {
-                cfg::combine(row(u), cond, s.cfg_scale, &mut guided);
-                cfg::rescale(&mut guided, cond, s.cfg_rescale);
+                step::combine(row(u), cond, s.cfg_scale, &mut guided);
+                step::rescale(&mut guided, cond, s.cfg_rescale);
             }
             None => guided.copy_from_slice(cond),
         }

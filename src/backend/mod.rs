@@ -5,6 +5,7 @@
 //! `[in_features, out_features]`; a convolution weight is `[kh, kw, c_in, c_out]`
 //! (row-major, so it is the `[kh·kw·c_in, c_out]` matrix of an im2col GEMM).
 
+pub mod check;
 pub mod counting;
 pub mod cpu;
 #[cfg(feature = "cuda")]

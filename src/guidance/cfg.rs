@@ -1,9 +1,10 @@
-//! Classifier-free guidance per sample: `uncond + s·(cond − uncond)`, optionally
-//! rescaled toward the conditional prediction's standard deviation (Lin et al.,
-//! "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.4, as
-//! diffusers' `rescale_noise_cfg`), and applied only inside a step interval.
+//! Classifier-free guidance settings per sample: the scale of
+//! `uncond + s·(cond − uncond)`, the rescale toward the conditional prediction's
+//! standard deviation, and the step interval CFG applies in. The arithmetic itself
+//! ([`combine`], [`rescale`]) is part of the fused step, in `crate::step`.
 
 use crate::error::{Error, Result};
+pub use crate::step::{combine, rescale};
 
 /// Steps `start..stop` (0-based, stop exclusive) use CFG; the others use the
 /// conditional prediction alone and skip the unconditional model call.
@@ -84,55 +85,9 @@ impl Guidance {
     }
 }
 
-/// `out = uncond + scale·(cond − uncond)`, in f32 in that order (as diffusers).
-pub fn combine(uncond: &[f32], cond: &[f32], scale: f32, out: &mut [f32]) {
-    for ((o, &u), &c) in out.iter_mut().zip(uncond).zip(cond) {
-        *o = u + scale * (c - u);
-    }
-}
-
-/// Unbiased standard deviation over all elements (torch's default `std`).
-fn std_unbiased(x: &[f32]) -> f64 {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let ss = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>();
-    (ss / (n - 1.0)).sqrt()
-}
-
-/// `guided ← φ·guided·(σ_cond/σ_guided) + (1 − φ)·guided`.
-pub fn rescale(guided: &mut [f32], cond: &[f32], phi: f32) {
-    if phi == 0.0 || guided.len() < 2 {
-        return;
-    }
-    let ratio = (std_unbiased(cond) / std_unbiased(guided)) as f32;
-    for g in guided.iter_mut() {
-        let rescaled = *g * ratio;
-        *g = phi * rescaled + (1.0 - phi) * *g;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn combine_is_the_cfg_formula() {
-        let mut out = [0f32; 2];
-        combine(&[1.0, -2.0], &[3.0, 2.0], 2.5, &mut out);
-        assert_eq!(out, [1.0 + 2.5 * 2.0, -2.0 + 2.5 * 4.0]);
-    }
-
-    #[test]
-    fn full_rescale_matches_the_conditional_std() {
-        let cond = [1.0f32, -1.0, 2.0, 0.5];
-        let mut guided = [4.0f32, -3.0, 7.0, 1.0];
-        rescale(&mut guided, &cond, 1.0);
-        assert!((std_unbiased(&guided) - std_unbiased(&cond)).abs() < 1e-6);
-        // φ = 0 leaves the prediction untouched.
-        let mut untouched = [4.0f32, -3.0];
-        rescale(&mut untouched, &[1.0, 2.0], 0.0);
-        assert_eq!(untouched, [4.0, -3.0]);
-    }
 
     #[test]
     fn interval_is_half_open() {

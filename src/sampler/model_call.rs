@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use super::{Condition, SampleRun, SlotSampler};
 use crate::backend::SlotStep;
 use crate::error::{Error, Result};
-use crate::guidance::cfg;
+use crate::step;
 use crate::model::UNetInputs;
-use crate::schedule::LinearStep;
+use crate::step::LinearStep;
 use crate::tensor::Tensor;
 
 /// A slot of a model call: particle `particle` of run `run`.
@@ -240,8 +240,8 @@ pub(crate) fn guided_output(
     match call.uncond_row[k] {
         Some(u) => {
             let g = run.spec.guidance;
-            cfg::combine(row(u), cond, g.scale, guided);
-            cfg::rescale(guided, cond, g.rescale);
+            step::combine(row(u), cond, g.scale, guided);
+            step::rescale(guided, cond, g.rescale);
         }
         None => guided.copy_from_slice(cond),
     }

@@ -1,54 +1,13 @@
-//! Every scheduler step written as the same per-element formula with per-sample
-//! coefficients, so one fused GPU kernel can run any scheduler
-//! (`kernels/guided_step.cu`; the host decides the coefficients):
-//!
-//! ```text
-//! x̂₀   = x0_from_sample·x + x0_from_output·m        (clamped to ±clip when set)
-//! x'   = sample·x + output·m + x0·x̂₀ + history·h + noise·z
-//! ```
-//! with x the sample, m the (guided) model output, h the previous step's unclamped
-//! x̂₀ (DPM-Solver++'s second order) and z fresh noise. The scalars are computed with
-//! the same f32 expressions as [`super::Scheduler::step`]; the per-element
-//! arithmetic groups differently, so results agree with `step` to rounding (tested
-//! below for every scheduler), not bit for bit.
+//! Every scheduler step as a [`LinearStep`] (the fused step's per-element formula,
+//! defined in the leaf `crate::step` so that backends need not import schedulers):
+//! the variance-preserving x̂₀ coefficients the DDPM and DDIM plans share, and the
+//! test that every scheduler's plan equals its `step` to rounding.
+
+pub use crate::step::LinearStep;
 
 use super::PredictionType;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LinearStep {
-    pub x0_from_sample: f32,
-    pub x0_from_output: f32,
-    /// Clamp x̂₀ to [−clip, clip] before it enters the update (DDPM/DDIM `clip_sample`).
-    pub clip: Option<f32>,
-    pub sample: f32,
-    pub output: f32,
-    pub x0: f32,
-    /// Weight of the previous step's x̂₀; 0 when the step does not use it.
-    pub history: f32,
-    /// Weight of fresh noise; 0 when the step draws none.
-    pub noise: f32,
-}
-
 impl LinearStep {
-    /// x̂₀ before clamping (what DPM-Solver++ keeps as history).
-    #[inline]
-    pub fn x0_of(&self, x: f32, m: f32) -> f32 {
-        self.x0_from_sample * x + self.x0_from_output * m
-    }
-
-    /// The next sample from one element's inputs; returns (x', unclamped x̂₀).
-    #[inline]
-    pub fn apply(&self, x: f32, m: f32, h: f32, z: f32) -> (f32, f32) {
-        let x0 = self.x0_of(x, m);
-        let used = match self.clip {
-            Some(r) => x0.clamp(-r, r),
-            None => x0,
-        };
-        let next =
-            self.sample * x + self.output * m + self.x0 * used + self.history * h + self.noise * z;
-        (next, x0)
-    }
-
     /// The variance-preserving x̂₀ (DDPM, DDIM) from √ᾱ_t and √(1 − ᾱ_t):
     /// (x0_from_sample, x0_from_output).
     pub(crate) fn vp_x0(prediction: PredictionType, sqrt_alpha: f32, sqrt_beta: f32) -> (f32, f32) {

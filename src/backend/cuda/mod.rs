@@ -4,8 +4,8 @@
 
 pub mod backend;
 pub mod device;
+pub mod device_checks;
 pub mod kernels;
-pub mod selftest;
 
 pub use backend::CudaBackend;
 pub use device::CudaDevice;

@@ -12,12 +12,12 @@ use std::time::Instant;
 use diffsteer::fsutil::write_atomic;
 use diffsteer::image::Image8;
 use diffsteer::pipeline::{drive, Feed, Plan, Request};
-use diffsteer::plot::{Chart, Series};
 
 use crate::args::{AlignArgs, EvalArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SteerArg};
 use crate::engine_flags::{
     apply_alignment, check_classifier_flag, class_choice, engine_error, open_engine,
 };
+use crate::eval_chart::{eval_chart_png, EvalChartPoint};
 use crate::usage_error::{usage, CliError};
 
 /// One row of the table.
@@ -258,21 +258,19 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
         &args.out.join("eval.csv"),
         csv(&args.sweep.key, &points).as_bytes(),
     )?;
-    let chart = Chart {
-        title: format!("reward vs. compute, sweeping {}", args.sweep.key),
-        x_label: "seconds per image".into(),
-        y_label: "mean final reward".into(),
-        series: vec![Series::new(
-            args.sweep.key.clone(),
-            points
-                .iter()
-                .map(|p| (p.seconds_per_image, p.mean_reward))
-                .collect(),
-        )
-        .with_point_labels(points.iter().map(|p| p.value.clone()).collect())],
-        log_x: false,
-    };
-    write_atomic(&args.out.join("eval.png"), &chart.render_png(720, 480)?)?;
+    let chart: Vec<EvalChartPoint> = points
+        .iter()
+        .map(|p| EvalChartPoint {
+            value: p.value.clone(),
+            mean_reward: p.mean_reward,
+            target_share: p.target_share,
+            seconds_per_image: p.seconds_per_image,
+        })
+        .collect();
+    write_atomic(
+        &args.out.join("eval.png"),
+        &eval_chart_png(&args.sweep.key, &chart)?,
+    )?;
     if !args.quiet {
         eprintln!(
             "wrote {} and {} ({} targets × {} images per setting)",

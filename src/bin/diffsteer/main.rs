@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod engine_flags;
 mod eval;
+mod eval_chart;
 mod generate;
 mod selftest;
 mod serve;

@@ -5,7 +5,6 @@ use crate::usage_error::CliError;
 
 #[cfg(feature = "cuda")]
 pub fn run(args: &SelftestArgs) -> Result<(), CliError> {
-    use diffsteer::backend::cuda::selftest;
     let crate::args::DeviceArg::Cuda(ordinal) = args.device else {
         return Err(crate::usage_error::usage(
             "--device",
@@ -13,7 +12,7 @@ pub fn run(args: &SelftestArgs) -> Result<(), CliError> {
         ));
     };
     let models: Vec<&std::path::Path> = args.models.iter().map(|p| p.as_path()).collect();
-    let results = selftest::run(ordinal, &args.dtype, &models, |r| {
+    let results = diffsteer::selftest::cuda(ordinal, &args.dtype, &models, |r| {
         let verdict = match (r.rel_l2, r.tolerance) {
             (Some(e), Some(t)) => format!(
                 "rel_l2 {e:.2e} (tol {t:.1e}) {}",
