@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use super::{Condition, SampleRun, SlotSampler};
 use crate::backend::SlotStep;
 use crate::error::{Error, Result};
-use crate::step;
 use crate::model::UNetInputs;
+use crate::step;
 use crate::step::LinearStep;
 use crate::tensor::Tensor;
 

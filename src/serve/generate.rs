@@ -5,8 +5,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -62,7 +61,10 @@ impl Drop for Outcome {
 
 fn image_json(index: u64, image: &GeneratedImage) -> Result<Value, ApiError> {
     let png = image.png().map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the image: {e}"))
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the image: {e}"),
+        )
     })?;
     Ok(json!({
         "index": index,
@@ -81,37 +83,63 @@ fn sampling_failed(index: u64, e: &crate::Error) -> ApiError {
     )
 }
 
-/// Reads, bounds and validates the body, and queues the request.
+/// Bodies over the limit are still read (and dropped) up to this size, so that
+/// the client, still sending, gets the 413 rather than a broken connection.
+const DRAIN_BYTES: usize = 64 << 20;
+
+/// The body, up to `limit` bytes; larger ones are a 413.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(None, format!("cannot read the body: {e}")))?;
+        total = total.saturating_add(chunk.len());
+        if total > DRAIN_BYTES {
+            return Err(too_large());
+        }
+        if total <= limit {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if total > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Bounds and validates the body, and queues the request.
 fn submit(
     state: &AppState,
-    body: Result<Bytes, BytesRejection>,
+    body: &[u8],
 ) -> Result<(Arc<Plan>, CancelOnDrop, UnboundedReceiver<TicketEvent>), ApiError> {
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "the body is larger than the limit of {} bytes",
-                state.limits.max_body_bytes
-            )
-        } else {
-            rejection.body_text()
-        };
-        ApiError::new(status, message)
-    })?;
-    let text = std::str::from_utf8(&body)
+    let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request(None, "the body is not UTF-8 text"))?;
     let request = Request::from_json_str(text).map_err(ApiError::invalid)?;
     let limits = state.limits;
     if request.count > limits.max_count {
         return Err(ApiError::bad_request(
             Some("count"),
-            format!("{} images requested; this server takes at most {}", request.count, limits.max_count),
+            format!(
+                "{} images requested; this server takes at most {}",
+                request.count, limits.max_count
+            ),
         ));
     }
     if request.steps > limits.max_steps {
         return Err(ApiError::bad_request(
             Some("steps"),
-            format!("{} steps requested; this server takes at most {}", request.steps, limits.max_steps),
+            format!(
+                "{} steps requested; this server takes at most {}",
+                request.steps, limits.max_steps
+            ),
         ));
     }
     if request.particles > limits.max_particles {
@@ -141,12 +169,27 @@ fn submit(
 
 pub(crate) async fn generate(
     State(state): State<AppState>,
-    Query(query): Query<GenerateQuery>,
-    body: Result<Bytes, BytesRejection>,
+    query: Result<Query<GenerateQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
 ) -> Response {
     let mut outcome = Outcome {
         http: state.http.clone(),
         status: None,
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            let e = ApiError::bad_request(None, rejection.body_text());
+            outcome.record(e.status);
+            return e.into_response();
+        }
+    };
+    let body = match read_body(body, state.limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) => {
+            outcome.record(e.status);
+            return e.into_response();
+        }
     };
     let stream = match query.stream.as_deref() {
         None | Some("false") | Some("0") => false,
@@ -160,7 +203,7 @@ pub(crate) async fn generate(
             return e.into_response();
         }
     };
-    let (plan, cancel, receiver) = match submit(&state, body) {
+    let (plan, cancel, receiver) = match submit(&state, &body) {
         Ok(submitted) => submitted,
         Err(e) => {
             outcome.record(e.status);
@@ -255,9 +298,7 @@ fn stream_events(
                         outcome.record(StatusCode::OK);
                     }
                 }
-                Event::default()
-                    .event("done")
-                    .json_data(json!({"id": id}))
+                Event::default().event("done").json_data(json!({"id": id}))
             }
         };
         Ok(event.unwrap_or_else(|_| Event::default().event("error").data("{}")))

@@ -24,11 +24,22 @@ pub fn render(m: &ServiceMetrics, http: &HttpCounters) -> String {
         "Generation requests by outcome: the HTTP status answered (499: the client went away).",
     );
     for (status, count) in http.by_status() {
-        let _ = writeln!(out, "diffsteer_requests_total{{status=\"{status}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "diffsteer_requests_total{{status=\"{status}\"}} {count}"
+        );
     }
     let gauges = [
-        ("diffsteer_queue_depth", "Requests waiting for their first sample to start.", m.queue_depth as u64),
-        ("diffsteer_samples_in_flight", "Samples (each particle counts) in the running batch.", m.samples_in_flight as u64),
+        (
+            "diffsteer_queue_depth",
+            "Requests waiting for their first sample to start.",
+            m.queue_depth as u64,
+        ),
+        (
+            "diffsteer_samples_in_flight",
+            "Samples (each particle counts) in the running batch.",
+            m.samples_in_flight as u64,
+        ),
     ];
     for (name, help, value) in gauges {
         metric(&mut out, name, "gauge", help);
@@ -53,10 +64,16 @@ pub fn render(m: &ServiceMetrics, http: &HttpCounters) -> String {
     let mut cumulative = 0;
     for (bound, count) in STEP_SECONDS_BUCKETS.iter().zip(m.step_buckets) {
         cumulative += count;
-        let _ = writeln!(out, "diffsteer_step_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "diffsteer_step_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
     }
     cumulative += m.step_overflow;
-    let _ = writeln!(out, "diffsteer_step_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "diffsteer_step_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
     let _ = writeln!(out, "diffsteer_step_seconds_sum {}", m.step_seconds_sum);
     let _ = writeln!(out, "diffsteer_step_seconds_count {}", m.step_count);
     out

@@ -105,14 +105,17 @@ pub fn router(service: Arc<Service>, limits: RequestLimits) -> Router {
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .fallback(not_found)
-        // The handler reads the body itself, so a body over the limit is answered
-        // 413 in the server's JSON form.
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        // The generate handler reads and bounds the body itself (a body over the
+        // limit is answered 413 in the server's JSON form).
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such route (routes: POST /v1/generate, GET /healthz, GET /metrics)")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route (routes: POST /v1/generate, GET /healthz, GET /metrics)",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
