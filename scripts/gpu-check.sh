@@ -88,6 +88,41 @@ for run in f16:1,2,8 bf16:1,2,8 f32:2; do
         --json "${OUT:-/tmp}/bench-sd15-$dtype.json" || rc=1
 done
 
+if [ -f weights/digits/config.json ]; then
+    echo "== batch: the mixed jobs file (scripts/mixed-jobs.jsonl, 192 images) packed at --batch 64, then one job at a time"
+    for mode in packed sequential; do
+        flag=""; [ "$mode" = sequential ] && flag="--sequential"
+        rm -rf "/tmp/batch-$mode"
+        start=$(date +%s%N)
+        "$bin" batch scripts/mixed-jobs.jsonl --out "/tmp/batch-$mode" --device cuda --batch 64 $flag || rc=1
+        echo "$mode: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+    done
+    python3 - <<'PY' || rc=1
+import json, os
+def images(d):
+    out = {}
+    for line in open(f"{d}/results.jsonl"):
+        r = json.loads(line)
+        out[(r["id"], r["index"])] = open(os.path.join(d, r["file"]), "rb").read()
+    return out
+a, b = images("/tmp/batch-packed"), images("/tmp/batch-sequential")
+same = sum(a[k] == b.get(k) for k in a)
+print(f"packed vs one job at a time: {len(a)} and {len(b)} images, {same} byte-identical")
+PY
+
+    echo "== serve: continuous batching under load (--batch 64), 1/4/16/64 clients vs one after the other"
+    loadgen=${LOADGEN:-carry/loadgen}
+    if [ -x "$loadgen" ]; then
+        "$bin" serve --device cuda --batch 64 --max-queue 256 --port 8765 > /tmp/serve.log 2>&1 &
+        server=$!
+        for _ in $(seq 1 100); do grep -q "listening on" /tmp/serve.log && break; sleep 0.2; done
+        "$loadgen" --url http://127.0.0.1:8765 --clients 1,4,16,64 --requests 128 --json "${OUT:-/tmp}/loadgen-cuda.json" || rc=1
+        kill -TERM "$server"; wait "$server"; echo "server exit code: $?"
+    else
+        echo "no $loadgen (build it with cargo build --release --features cuda --example loadgen and copy it to carry/)"
+    fi
+fi
+
 # The PyTorch side of the comparisons: diffusers' SD1.5 U-Net with SDPA, SDPA alone at
 # head dim 80 and 4096 tokens, torch.matmul ceilings. diffusers is not installed on
 # the GPU machine: carry its wheels in .whl/ (see tools/bench_torch_gpu.py).

@@ -450,3 +450,40 @@ fn a_failing_job_is_reported_and_the_others_complete() {
     assert_eq!(retried.status.code(), Some(1));
     assert_eq!(results(&out).len(), 4);
 }
+
+#[cfg(unix)]
+#[test]
+fn the_slurm_array_script_makes_the_whole_set() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let jobs = write_jobs(
+        tmp.path(),
+        &[r#"{"id": "a", "count": 5, "steps": 3}"#, r#"{"id": "b", "count": 4, "steps": 4, "class": "none"}"#],
+    );
+    let whole = tmp.path().join("whole");
+    assert!(batch(&jobs, &whole, &["-q"]).status.success());
+    // `srun` as a plain launcher: the script's own command runs as Slurm would.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let srun = bin.join("srun");
+    std::fs::write(&srun, "#!/bin/sh\nexec \"$@\"\n").expect("srun");
+    std::fs::set_permissions(&srun, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = tmp.path().join("shared");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-batch.sh");
+    for task in 0..3 {
+        let r = Command::new("bash")
+            .arg(&script)
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "3")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .env("JOBS", &jobs)
+            .env("OUT_DIR", &out)
+            .env("DIFFSTEER", env!("CARGO_BIN_EXE_diffsteer"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("bash");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    assert_eq!(images(&out), images(&whole));
+}

@@ -96,6 +96,8 @@ pub struct BatchOptions {
     pub shard: Shard,
     /// Run again the images an earlier run recorded as failed.
     pub retry_failed: bool,
+    /// One job at a time (no packing across jobs): the comparison for packing.
+    pub sequential: bool,
 }
 
 /// One image that failed.
@@ -386,72 +388,84 @@ pub fn run(prepared: Prepared, progress: &mut dyn Progress) -> Result<Summary, B
     let images_now = AtomicU64::new(0);
     for (e, engine) in engines.iter().enumerate() {
         let mut order: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].engine == e).collect();
-        order.sort_by_key(|&j| std::cmp::Reverse(jobs[j].plan.calls_per_image()));
-        let mut feed = JobsFeed {
-            jobs: &jobs,
-            recorded: &recorded,
-            shard: options.shard,
-            order,
-            cursor: vec![0; jobs.len()],
-            admitted_calls: &admitted_calls,
+        if !options.sequential {
+            order.sort_by_key(|&j| std::cmp::Reverse(jobs[j].plan.calls_per_image()));
+        }
+        // Packed: one feed over every job. Sequential: one feed per job.
+        let feeds: Vec<Vec<usize>> = if options.sequential {
+            order.into_iter().map(|j| vec![j]).collect()
+        } else {
+            vec![order]
         };
         let mut runner = engine
             .runner::<usize>(options.batch)
             .map_err(BatchError::from_option)?;
-        let mut on_finished = |done: Finished<usize>| -> crate::Result<()> {
-            let job = &jobs[done.tag];
-            let line = match done.result {
-                Ok(image) => {
-                    let file = format!("images/{}/{:06}.png", job.id, done.index);
-                    let path = options.out.join(&file);
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)
-                            .map_err(|e| Error::io(parent, "cannot create", e))?;
-                    }
-                    write_atomic(&path, &image.png()?)?;
-                    summary.written += 1;
-                    line_json(&ResultLine {
-                        id: &job.id,
-                        index: done.index,
-                        file: Some(file),
-                        status: "ok",
-                        error: None,
-                        job_fingerprint: &job.fingerprint,
-                        metadata: Some(&image.metadata),
-                    })?
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    summary.failed.push(FailedImage {
-                        id: job.id.clone(),
-                        index: done.index,
-                        reason: reason.clone(),
-                        earlier: false,
-                    });
-                    line_json(&ResultLine {
-                        id: &job.id,
-                        index: done.index,
-                        file: None,
-                        status: "failed",
-                        error: Some(reason),
-                        job_fingerprint: &job.fingerprint,
-                        metadata: None,
-                    })?
-                }
+        for order in feeds {
+            let mut feed = JobsFeed {
+                jobs: &jobs,
+                recorded: &recorded,
+                shard: options.shard,
+                order,
+                cursor: vec![0; jobs.len()],
+                admitted_calls: &admitted_calls,
             };
-            results.append(&line)?;
-            images_now.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        };
-        let mut after_step = |r: &Runner<'_, usize>| {
-            progress.advance(
-                admitted_calls
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(r.calls_left()),
-                images_now.load(Ordering::Relaxed),
-            )
-        };
-        engine.with_workers(|| drive(&mut runner, &mut feed, &mut on_finished, &mut after_step))?;
+            let mut on_finished = |done: Finished<usize>| -> crate::Result<()> {
+                let job = &jobs[done.tag];
+                let line = match done.result {
+                    Ok(image) => {
+                        let file = format!("images/{}/{:06}.png", job.id, done.index);
+                        let path = options.out.join(&file);
+                        if let Some(parent) = path.parent() {
+                            std::fs::create_dir_all(parent)
+                                .map_err(|e| Error::io(parent, "cannot create", e))?;
+                        }
+                        write_atomic(&path, &image.png()?)?;
+                        summary.written += 1;
+                        line_json(&ResultLine {
+                            id: &job.id,
+                            index: done.index,
+                            file: Some(file),
+                            status: "ok",
+                            error: None,
+                            job_fingerprint: &job.fingerprint,
+                            metadata: Some(&image.metadata),
+                        })?
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        summary.failed.push(FailedImage {
+                            id: job.id.clone(),
+                            index: done.index,
+                            reason: reason.clone(),
+                            earlier: false,
+                        });
+                        line_json(&ResultLine {
+                            id: &job.id,
+                            index: done.index,
+                            file: None,
+                            status: "failed",
+                            error: Some(reason),
+                            job_fingerprint: &job.fingerprint,
+                            metadata: None,
+                        })?
+                    }
+                };
+                results.append(&line)?;
+                images_now.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            };
+            let mut after_step = |r: &Runner<'_, usize>| {
+                progress.advance(
+                    admitted_calls
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(r.calls_left()),
+                    images_now.load(Ordering::Relaxed),
+                )
+            };
+            engine.with_workers(|| {
+                drive(&mut runner, &mut feed, &mut on_finished, &mut after_step)
+            })?;
+        }
         accumulate(&mut summary.stats, &runner.stats());
     }
     summary.seconds = started.elapsed().as_secs_f64();

@@ -444,6 +444,11 @@ pub struct BatchArgs {
     #[arg(long = "retry-failed")]
     pub retry_failed: bool,
 
+    /// Run the jobs one after the other, without packing samples of different jobs
+    /// into one model call (to measure what packing gains).
+    #[arg(long)]
+    pub sequential: bool,
+
     /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
     /// next to the model folder.
     #[arg(long, value_name = "DIR")]

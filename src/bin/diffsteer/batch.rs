@@ -61,6 +61,7 @@ pub fn run(args: &BatchArgs, threads: Option<usize>) -> Result<(), CliError> {
         batch: args.batch,
         shard: args.shard.unwrap_or(Shard::ALL),
         retry_failed: args.retry_failed,
+        sequential: args.sequential,
     };
     let fail = |e: BatchError| match e {
         BatchError::Input {
