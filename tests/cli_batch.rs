@@ -458,7 +458,10 @@ fn the_slurm_array_script_makes_the_whole_set() {
     let tmp = tempfile::tempdir().expect("tmp");
     let jobs = write_jobs(
         tmp.path(),
-        &[r#"{"id": "a", "count": 5, "steps": 3}"#, r#"{"id": "b", "count": 4, "steps": 4, "class": "none"}"#],
+        &[
+            r#"{"id": "a", "count": 5, "steps": 3}"#,
+            r#"{"id": "b", "count": 4, "steps": 4, "class": "none"}"#,
+        ],
     );
     let whole = tmp.path().join("whole");
     assert!(batch(&jobs, &whole, &["-q"]).status.success());
@@ -473,7 +476,14 @@ fn the_slurm_array_script_makes_the_whole_set() {
     for task in 0..3 {
         let r = Command::new("bash")
             .arg(&script)
-            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
             .env("SLURM_ARRAY_TASK_ID", task.to_string())
             .env("SLURM_ARRAY_TASK_COUNT", "3")
             .env("SLURM_CPUS_PER_TASK", "1")

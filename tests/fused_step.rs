@@ -11,7 +11,7 @@ use diffsteer::backend::cpu::CpuBackend;
 use diffsteer::backend::guided_step::guided_step_on_host;
 use diffsteer::backend::{SlotStep, StepBuffers};
 use diffsteer::guidance::reward::RewardGuidance;
-use diffsteer::guidance::{Guidance, GuidanceInterval};
+use diffsteer::guidance::{Apg, Guidance, GuidanceInterval, GuidanceMethod};
 use diffsteer::model::{ModelFolder, UNet};
 use diffsteer::sampler::{
     Alignment, Condition, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepPath,
@@ -63,6 +63,7 @@ fn fused_steps_follow_the_host_path_for_every_scheduler() {
                 } else {
                     GuidanceInterval::ALWAYS
                 },
+                ..Guidance::default()
             },
         })
         .collect();
@@ -87,6 +88,58 @@ fn fused_steps_follow_the_host_path_for_every_scheduler() {
             &run(StepPath::Host),
             &run(StepPath::Fused),
             &format!("{kind} eta {eta}"),
+        );
+    }
+}
+
+#[test]
+fn fused_steps_follow_the_host_path_for_apg_and_cfg_zero_star() {
+    let backend = CpuBackend::new();
+    let (unet, config) = load(fixtures().join("models/unet2d_class"), &backend);
+    let methods = [
+        GuidanceMethod::Apg(Apg {
+            eta: 0.0,
+            norm_threshold: 2.0,
+            momentum: -0.5,
+        }),
+        GuidanceMethod::CfgZeroStar { zero_init_steps: 2 },
+        GuidanceMethod::Cfg,
+    ];
+    // Every method in one batch, one with a rescale and one with an interval.
+    let specs: Vec<SampleSpec> = (0..6)
+        .map(|i| SampleSpec {
+            seed: 11 + i as u64,
+            condition: Condition::Class(i),
+            guidance: Guidance {
+                scale: 3.0,
+                rescale: if i == 3 { 0.5 } else { 0.0 },
+                interval: if i == 4 {
+                    GuidanceInterval { start: 1, stop: 5 }
+                } else {
+                    GuidanceInterval::ALWAYS
+                },
+                method: methods[i % 3],
+            },
+        })
+        .collect();
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::EulerAncestral,
+    ] {
+        let scheduler =
+            schedule::build(kind, &config, 6, &ScheduleOptions::default()).expect("scheduler");
+        let run = |path| {
+            Sampler::new(&backend, &unet, scheduler.as_ref())
+                .expect("sampler")
+                .with_step_path(path)
+                .sample(&specs, &PhiloxNoise, &mut |_| {})
+                .expect("sample")
+        };
+        compare(
+            &run(StepPath::Host),
+            &run(StepPath::Fused),
+            &format!("{kind}, APG and CFG-Zero*"),
         );
     }
 }

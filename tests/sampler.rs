@@ -27,6 +27,7 @@ fn specs() -> Vec<SampleSpec> {
                 } else {
                     GuidanceInterval::ALWAYS
                 },
+                ..Guidance::default()
             },
         })
         .collect()

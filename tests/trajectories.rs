@@ -1,7 +1,8 @@
 //! Whole 20-step sampling runs with classifier-free guidance against diffusers
 //! (tests/fixtures/trajectories, made by tools/make_model_fixtures.py): every model ×
-//! scheduler × prediction type, plus the shipped digits model with its own scheduler
-//! config, final sample within relative L2 1e-4. The fixture's
+//! scheduler × prediction type, the modern CFG family (APG, CFG-Zero*) as diffusers'
+//! guiders compute it, plus the shipped digits model with its own scheduler config,
+//! final sample within relative L2 1e-4. The fixture's
 //! own noise is fed in, so stochastic schedulers are compared exactly too.
 
 mod common;
@@ -10,7 +11,7 @@ use std::path::Path;
 
 use common::{fixtures, nchw_to_nhwc, nhwc_to_nchw, rel_l2};
 use diffsteer::backend::cpu::CpuBackend;
-use diffsteer::guidance::{Guidance, GuidanceInterval};
+use diffsteer::guidance::{Apg, Guidance, GuidanceInterval, GuidanceMethod};
 use diffsteer::model::weights::WeightFile;
 use diffsteer::model::{ModelFolder, UNet};
 use diffsteer::rng::NoiseStream;
@@ -60,6 +61,30 @@ fn meta<'a>(fx: &'a WeightFile, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{}: metadata `{key}` missing", fx.path().display()))
 }
 
+/// The guider of a case (metadata `guider`: cfg, apg or cfg_zero_star; plain CFG for
+/// fixtures made before guiders were recorded).
+fn guidance_method(fx: &WeightFile) -> Result<GuidanceMethod, String> {
+    let number = |key: &str| -> Result<f32, String> {
+        meta(fx, key)
+            .parse::<f32>()
+            .map_err(|e| format!("{key}: {e}"))
+    };
+    Ok(match fx.user_metadata("guider").unwrap_or("cfg") {
+        "cfg" => GuidanceMethod::Cfg,
+        "apg" => GuidanceMethod::Apg(Apg {
+            eta: number("apg_eta")?,
+            norm_threshold: number("apg_norm_threshold")?,
+            momentum: number("apg_momentum")?,
+        }),
+        "cfg_zero_star" => GuidanceMethod::CfgZeroStar {
+            zero_init_steps: meta(fx, "zero_init_steps")
+                .parse()
+                .map_err(|e| format!("zero_init_steps: {e}"))?,
+        },
+        other => return Err(format!("unknown guider {other}")),
+    })
+}
+
 fn run_case(path: &Path, unet: &UNet, backend: &CpuBackend) -> Result<f64, String> {
     let fx = WeightFile::open(path).map_err(|e| e.to_string())?;
     let kind = SchedulerKind::from_class_name(meta(&fx, "scheduler_class"))
@@ -77,6 +102,7 @@ fn run_case(path: &Path, unet: &UNet, backend: &CpuBackend) -> Result<f64, Strin
     let rescale: f32 = meta(&fx, "guidance_rescale")
         .parse()
         .map_err(|e| format!("rescale: {e}"))?;
+    let method = guidance_method(&fx)?;
     let interval = GuidanceInterval {
         start: meta(&fx, "interval_start")
             .parse()
@@ -138,6 +164,7 @@ fn run_case(path: &Path, unet: &UNet, backend: &CpuBackend) -> Result<f64, Strin
                 scale,
                 rescale,
                 interval,
+                method,
             },
         })
         .collect();
@@ -213,22 +240,22 @@ fn check_model(model: &str, min_cases: usize) {
 
 #[test]
 fn class_conditional_unet2d_trajectories_match_diffusers() {
-    check_model("unet2d_class", 14);
+    check_model("unet2d_class", 18);
 }
 
 #[test]
 fn sd1_style_condition_unet_trajectories_match_diffusers() {
-    check_model("unet_cond", 14);
+    check_model("unet_cond", 22);
 }
 
 #[test]
 fn sd2_style_linear_projection_trajectories_match_diffusers() {
-    check_model("unet_cond_linear", 14);
+    check_model("unet_cond_linear", 18);
 }
 
 /// The shipped model with its own scheduler config (v-prediction, trailing spacing),
 /// as `diffsteer generate` runs it: DDIM, DDPM, Euler, Euler ancestral, DPM-Solver++.
 #[test]
 fn shipped_digits_model_trajectories_match_diffusers() {
-    check_model("digits", 5);
+    check_model("digits", 9);
 }

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
 
 # ---------------------------------------------------------------- Philox (src/rng.rs)
 PHILOX_M0 = np.uint64(0xD2511F53)
@@ -142,12 +143,19 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="timed runs of each side (median)")
     ap.add_argument("--max-share", type=float, default=0.005, help="fail above this share of pixels off by > 1 level")
+    ap.add_argument("--guidance", choices=["cfg", "apg", "cfg-zero-star"], default="cfg",
+                    help="the guider, as diffusers' guiders compute it (tools/guiders.py)")
+    ap.add_argument("--apg-eta", type=float, default=1.0)
+    ap.add_argument("--apg-norm-threshold", type=float, default=15.0)
+    ap.add_argument("--apg-momentum", type=float, default=0.0)
+    ap.add_argument("--zero-init-steps", type=int, default=1)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
 
     import torch
     import diffusers
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DModel
+    from guiders import Guider
     from PIL import Image
 
     schedulers = {"ddim": DDIMScheduler, "dpm++2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
@@ -178,15 +186,23 @@ def main():
         cond = torch.arange(n) % null
         labels = torch.cat([torch.full((n,), null), cond])
 
+    guider_settings = dict(kind=args.guidance.replace("-", "_"))
+    if args.guidance == "apg":
+        guider_settings.update(apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold,
+                               apg_momentum=args.apg_momentum)
+    if args.guidance == "cfg-zero-star":
+        guider_settings.update(zero_init_steps=args.zero_init_steps)
+
     def sample():
         sched = schedulers[args.scheduler].from_config(sched_config)
         sched.set_timesteps(args.steps)
         lat = x_t * sched.init_noise_sigma
-        for t in sched.timesteps:
-            if classes and args.cfg != 1.0:
+        guider = Guider(batch=n, **guider_settings)
+        for i, t in enumerate(sched.timesteps):
+            if classes and (args.cfg != 1.0 or guider.zeroes(i)):
                 inp = sched.scale_model_input(torch.cat([lat, lat]), t)
                 u, c = unet(inp, t, class_labels=labels).sample.chunk(2)
-                guided = u + args.cfg * (c - u)
+                guided = guider(i, args.cfg != 1.0, u, c, [args.cfg] * n)
             else:
                 inp = sched.scale_model_input(lat, t)
                 guided = unet(inp, t, class_labels=labels[n:] if classes else None).sample
@@ -203,8 +219,13 @@ def main():
             str(binary), "--threads", str(args.threads), "generate", "--model", str(model),
             "--count", str(args.count), "--batch", str(args.count), "--steps", str(args.steps),
             "--scheduler", args.scheduler, "--cfg", str(args.cfg), "--seed", str(args.seed),
-            "--out", str(out), "--overwrite", "--quiet",
+            "--out", str(out), "--overwrite", "--quiet", "--guidance", args.guidance,
         ]
+        if args.guidance == "apg":
+            cmd += ["--apg-eta", str(args.apg_eta), "--apg-norm-threshold", str(args.apg_norm_threshold),
+                    "--apg-momentum", str(args.apg_momentum)]
+        if args.guidance == "cfg-zero-star":
+            cmd += ["--zero-init-steps", str(args.zero_init_steps)]
         # /usr/bin/time reports the engine's own peak RSS (a child forked from
         # this process would count torch's pages until it execs).
         rss_file = Path(tmp) / "rss"

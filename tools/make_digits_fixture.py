@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_model_fixtures import NoiseFeeder, randn_f16_exact, save_safetensors  # noqa: E402
+from guiders import Guider  # noqa: E402
 
 import diffusers  # noqa: E402
 import diffusers.schedulers.scheduling_ddpm as ddpm_module  # noqa: E402
@@ -38,6 +39,13 @@ CASES = {
     "euler_a": (EulerAncestralDiscreteScheduler, True),
     "dpmpp2m": (DPMSolverMultistepScheduler, False),
 }
+# The modern CFG family on the shipped model: (scheduler case, CFG scale, guider).
+GUIDED = {
+    "ddim_apg": ("ddim", 5.0, dict(kind="apg", apg_eta=0.0, apg_norm_threshold=6.0, apg_momentum=-0.5)),
+    "dpmpp2m_apg": ("dpmpp2m", 5.0, dict(kind="apg", apg_eta=0.0, apg_norm_threshold=6.0, apg_momentum=-0.5)),
+    "ddim_cfg_zero_star": ("ddim", 3.0, dict(kind="cfg_zero_star", zero_init_steps=1)),
+    "euler_a_cfg_zero_star": ("euler_a", 3.0, dict(kind="cfg_zero_star", zero_init_steps=1)),
+}
 
 
 @torch.no_grad()
@@ -48,7 +56,11 @@ def main():
         config = json.load(f)
     c, h, w = model.config.in_channels, model.config.sample_size, model.config.sample_size
     out_dir = os.path.join(ROOT, "tests/fixtures/trajectories")
-    for name, (cls, stochastic) in CASES.items():
+    runs = [(name, name, CFG, dict(kind="cfg")) for name in CASES]
+    runs += [(name, base, scale, guider) for name, (base, scale, guider) in GUIDED.items()]
+    for name, base, scale, settings in runs:
+        cls, stochastic = CASES[base]
+        guider = Guider(batch=2, **settings)
         sched = cls.from_config(config)
         sched.set_timesteps(STEPS)
         initial = randn_f16_exact((2, c, h, w), f"digits/{name}/initial_noise")
@@ -66,14 +78,14 @@ def main():
                 inp = sched.scale_model_input(torch.cat([x, x]), t)
                 u, cnd = model(inp, t, class_labels=labels).sample.chunk(2)
                 feeder.noise, feeder.used = (step_noise[i] if stochastic else None), False
-                x = sched.step(u + CFG * (cnd - u), t, x).prev_sample
+                x = sched.step(guider(i, True, u, cnd, [scale, scale]), t, x).prev_sample
                 first = x.clone() if i == 0 else first
         finally:
             if module:
                 module.randn_tensor = saved
         tensors = {
             "initial_noise": initial.to(torch.float16),
-            "guidance_scale": torch.tensor([CFG, CFG]),
+            "guidance_scale": torch.tensor([scale, scale]),
             "class_labels_cond": torch.tensor(CLASSES),
             "class_labels_uncond": torch.tensor([NULL, NULL]),
             "timesteps": sched.timesteps.to(torch.float32).contiguous(),
@@ -93,6 +105,7 @@ def main():
             "interval_stop": str(STEPS),
             "stochastic": "true" if stochastic else "false",
             "diffusers_version": diffusers.__version__,
+            **guider.metadata(),
         }
         path = os.path.join(out_dir, f"digits__{name}.safetensors")
         save_safetensors(tensors, path, metadata)

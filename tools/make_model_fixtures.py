@@ -47,6 +47,9 @@ from safetensors.torch import load_file  # noqa: E402
 with contextlib.redirect_stderr(io.StringIO()):
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from guiders import Guider  # noqa: E402
+
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
@@ -308,6 +311,21 @@ def make_cases():
         dict(model="unet_cond", sched="ddpm", pred="epsilon", extra={"clip_sample": True},
              name="unet_cond__ddpm_eps_clip"),
     ]
+    # The modern CFG family (diffusers' guiders), on every fixture model. An "auto"
+    # norm threshold is the median update norm of the run without one, so the cap
+    # acts on about half the steps.
+    for model_name in MODELS:
+        cases += [
+            dict(model=model_name, sched="ddim_eta0", pred="epsilon", name=f"{model_name}__ddim_eta0_eps_apg",
+                 guider=dict(kind="apg", apg_eta=0.0, apg_norm_threshold="auto", apg_momentum=-0.5)),
+            dict(model=model_name, sched="dpmpp2m", pred="v_prediction", name=f"{model_name}__dpmpp2m_v_apg_eta0.3",
+                 guider=dict(kind="apg", apg_eta=0.3, apg_norm_threshold="auto", apg_momentum=0.0)),
+            dict(model=model_name, sched="euler_a", pred="epsilon", name=f"{model_name}__euler_a_eps_cfg_zero_star",
+                 guider=dict(kind="cfg_zero_star", zero_init_steps=1)),
+            dict(model=model_name, sched="ddim_eta0", pred="v_prediction", rescale=0.7, interval=(0, 16),
+                 name=f"{model_name}__ddim_eta0_v_cfg_zero_star2_rescale0.7_interval0-16",
+                 guider=dict(kind="cfg_zero_star", zero_init_steps=2)),
+        ]
     return cases
 
 
@@ -326,10 +344,18 @@ class NoiseFeeder:
         return self.noise.to(dtype=dtype or torch.float32)
 
 
-def run_case(case, model, perturb=False):
+def run_case(case, model, perturb=False, norms=None):
     """Run one trajectory case. With perturb=True every model output is multiplied by
     (1 + 1e-6 * randn) (a conditioning probe: how much f32-level differences in the
-    forward move the final sample); nothing is saved from such a run."""
+    forward move the final sample); nothing is saved from such a run. `norms`, when
+    given, collects the CFG update's norm per sample and step (for "auto" APG
+    thresholds)."""
+    settings = dict(case.get("guider", {"kind": "cfg"}))
+    if settings.get("apg_norm_threshold") == "auto":
+        probe = dict(case, guider=dict(settings, apg_norm_threshold=0.0))
+        collected = []
+        run_case(probe, model, norms=collected)
+        settings["apg_norm_threshold"] = float(torch.tensor(collected).median())
     name, model_name = case["name"], case["model"]
     cls, sextra, eta, stochastic = SCHEDULERS[case["sched"]]
     rescale = float(case.get("rescale", 0.0))
@@ -370,6 +396,7 @@ def run_case(case, model, perturb=False):
         tensors["encoder_hidden_states_uncond"] = uncond
     both = torch.cat([uncond, cond])  # uncond half first, cond half second
 
+    guider = Guider(batch=B, **settings)
     feeder = NoiseFeeder()
     module = {DDPMScheduler: ddpm_module, EulerAncestralDiscreteScheduler: euler_a_module}.get(cls)
     saved_randn = module.randn_tensor if module is not None else None
@@ -388,8 +415,10 @@ def run_case(case, model, perturb=False):
                 if perturb:
                     out = out * (1 + 1e-6 * randn(out.shape, f"probe/{name}/{i}"))
                 unc, con = out.chunk(2)
-                guided = unc + s[:, None, None, None] * (con - unc) if use_cfg else con
-                if use_cfg and rescale > 0:
+                if norms is not None:
+                    norms.extend((con - unc).flatten(1).norm(dim=1).tolist())
+                guided = guider(i, use_cfg, unc, con, s)
+                if use_cfg and rescale > 0 and not guider.zeroes(i):
                     guided = rescale_noise_cfg(guided, con, guidance_rescale=rescale)
                 feeder.noise, feeder.used = (step_noise[i] if step_noise is not None else None), False
                 if cls is DDIMScheduler:
@@ -436,6 +465,7 @@ def run_case(case, model, perturb=False):
             {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}, sort_keys=True, default=str
         ),
         "diffusers_version": diffusers.__version__,
+        **guider.metadata(),
     }
     return tensors, metadata, max_abs
 

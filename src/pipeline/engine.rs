@@ -286,6 +286,7 @@ impl Engine {
             scale: r.cfg,
             rescale: r.cfg_rescale,
             interval: plan::interval(r.cfg_interval),
+            method: plan::guidance_method(r)?,
         };
         guidance.validate()?;
         if let Some(w) = r

@@ -27,12 +27,28 @@ pub struct ImageMetadata {
     pub cfg_rescale: Option<f32>,
     /// `[start, stop]` of the steps with CFG; `null` for every step.
     pub cfg_interval: Option<[usize; 2]>,
+    /// The guidance method (`cfg`, `apg`, `cfg-zero-star`); `null` where no
+    /// guidance applies.
+    pub guidance: Option<String>,
+    /// APG's settings, with `guidance: "apg"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apg: Option<ApgMetadata>,
+    /// CFG-Zero*'s zero-initialised steps, with `guidance: "cfg-zero-star"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_init_steps: Option<usize>,
     pub eta: f64,
     pub karras: bool,
     pub model: String,
     /// Present with a reward.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<AlignmentMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApgMetadata {
+    pub eta: f32,
+    pub norm_threshold: f32,
+    pub momentum: f32,
 }
 
 /// The reward side of an image's metadata.

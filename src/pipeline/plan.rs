@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use crate::guidance::reward::{RewardForm, RewardGuidance};
-use crate::guidance::{Guidance, GuidanceInterval};
+use crate::guidance::{Apg, Guidance, GuidanceInterval, GuidanceMethod};
 use crate::reward::WeightedSum;
 use crate::sampler::{Condition, SampleOutput, SampleSettings, SampleSpec};
 use crate::schedule::SchedulerKind;
 use crate::steer::{SteerMethod, Steering};
 
-use super::metadata::{window_field, AlignmentMetadata, ImageMetadata};
-use super::request::{Request, StepWindow};
+use super::metadata::{window_field, AlignmentMetadata, ApgMetadata, ImageMetadata};
+use super::request::{GuidanceKind, Request, StepWindow};
 
 /// How a plan's images get their class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,12 +139,72 @@ impl Plan {
             } else {
                 None
             },
+            guidance: cfg_applies.then(|| self.guidance.method.name().to_string()),
+            apg: match self.guidance.method {
+                GuidanceMethod::Apg(apg) if cfg_applies => Some(ApgMetadata {
+                    eta: apg.eta,
+                    norm_threshold: apg.norm_threshold,
+                    momentum: apg.momentum,
+                }),
+                _ => None,
+            },
+            zero_init_steps: match self.guidance.method {
+                GuidanceMethod::CfgZeroStar { zero_init_steps } if cfg_applies => {
+                    Some(zero_init_steps)
+                }
+                _ => None,
+            },
             eta: self.eta,
             karras: self.request.karras,
             model: self.model.clone(),
             alignment,
         }
     }
+}
+
+/// The guidance method a request names, with diffusers' defaults for its
+/// settings; settings of another method are refused.
+pub(crate) fn guidance_method(r: &Request) -> crate::Result<GuidanceMethod> {
+    let apg_given = [
+        ("apg_eta", r.apg_eta.is_some()),
+        ("apg_norm_threshold", r.apg_norm_threshold.is_some()),
+        ("apg_momentum", r.apg_momentum.is_some()),
+    ];
+    if r.guidance != GuidanceKind::Apg {
+        if let Some((field, _)) = apg_given.iter().find(|(_, given)| *given) {
+            return Err(crate::Error::invalid(
+                *field,
+                "sets adaptive projected guidance: add guidance apg",
+            ));
+        }
+    }
+    if r.guidance != GuidanceKind::CfgZeroStar && r.zero_init_steps.is_some() {
+        return Err(crate::Error::invalid(
+            "zero_init_steps",
+            "sets CFG-Zero*: add guidance cfg-zero-star",
+        ));
+    }
+    Ok(match r.guidance {
+        GuidanceKind::Cfg => GuidanceMethod::Cfg,
+        GuidanceKind::Apg => {
+            let defaults = Apg::default();
+            GuidanceMethod::Apg(Apg {
+                eta: r.apg_eta.unwrap_or(defaults.eta),
+                norm_threshold: r.apg_norm_threshold.unwrap_or(defaults.norm_threshold),
+                momentum: r.apg_momentum.unwrap_or(defaults.momentum),
+            })
+        }
+        GuidanceKind::CfgZeroStar => {
+            let zero_init_steps = r.zero_init_steps.unwrap_or(1);
+            if zero_init_steps > r.steps {
+                return Err(crate::Error::invalid(
+                    "zero_init_steps",
+                    format!("{zero_init_steps} of {} steps", r.steps),
+                ));
+            }
+            GuidanceMethod::CfgZeroStar { zero_init_steps }
+        }
+    })
 }
 
 pub(crate) fn interval(window: Option<StepWindow>) -> GuidanceInterval {

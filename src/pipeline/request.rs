@@ -56,6 +56,14 @@ pub struct Request {
     pub cfg: f32,
     pub cfg_rescale: f32,
     pub cfg_interval: Option<StepWindow>,
+    /// `cfg` (the default), `apg` or `cfg-zero-star`.
+    pub guidance: GuidanceKind,
+    /// APG's η, norm threshold and momentum (diffusers' defaults: 1, 15, none).
+    pub apg_eta: Option<f32>,
+    pub apg_norm_threshold: Option<f32>,
+    pub apg_momentum: Option<f32>,
+    /// CFG-Zero*'s zero-initialised steps (default 1).
+    pub zero_init_steps: Option<usize>,
     pub reward: Vec<String>,
     pub reward_scale: Option<f32>,
     pub reward_form: Option<RewardForm>,
@@ -88,6 +96,11 @@ impl Default for Request {
             cfg: 3.0,
             cfg_rescale: 0.0,
             cfg_interval: None,
+            guidance: GuidanceKind::Cfg,
+            apg_eta: None,
+            apg_norm_threshold: None,
+            apg_momentum: None,
+            zero_init_steps: None,
             reward: Vec::new(),
             reward_scale: None,
             reward_form: None,
@@ -107,8 +120,17 @@ impl Default for Request {
     }
 }
 
+/// The guidance method of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuidanceKind {
+    #[default]
+    Cfg,
+    Apg,
+    CfgZeroStar,
+}
+
 /// Every key a request may hold, in the order they are written.
-pub const REQUEST_KEYS: [&str; 27] = [
+pub const REQUEST_KEYS: [&str; 32] = [
     "id",
     "model",
     "count",
@@ -121,6 +143,11 @@ pub const REQUEST_KEYS: [&str; 27] = [
     "cfg",
     "cfg_rescale",
     "cfg_interval",
+    "guidance",
+    "apg_eta",
+    "apg_norm_threshold",
+    "apg_momentum",
+    "zero_init_steps",
     "reward",
     "reward_scale",
     "reward_form",
@@ -329,6 +356,11 @@ const SCHEDULERS: [(&str, SchedulerKind); 5] = [
     ("euler-a", SchedulerKind::EulerAncestral),
     ("dpm++2m", SchedulerKind::DpmSolverMultistep),
 ];
+const GUIDANCE_KINDS: [(&str, GuidanceKind); 3] = [
+    ("cfg", GuidanceKind::Cfg),
+    ("apg", GuidanceKind::Apg),
+    ("cfg-zero-star", GuidanceKind::CfgZeroStar),
+];
 const REWARD_FORMS: [(&str, RewardForm); 2] = [("x0", RewardForm::X0), ("eps", RewardForm::Eps)];
 const RHO_SCHEDULES: [(&str, RhoSchedule); 2] = [
     ("constant", RhoSchedule::Constant),
@@ -445,6 +477,11 @@ impl Request {
                     r.cfg_rescale = phi;
                 }
                 "cfg_interval" => r.cfg_interval = Some(StepWindow::from_json(k, v)?),
+                "guidance" => r.guidance = choice(k, v, &GUIDANCE_KINDS)?,
+                "apg_eta" => r.apg_eta = Some(number_f32(k, v)?),
+                "apg_norm_threshold" => r.apg_norm_threshold = Some(non_negative(k, v)? as f32),
+                "apg_momentum" => r.apg_momentum = Some(number_f32(k, v)?),
+                "zero_init_steps" => r.zero_init_steps = Some(positive_or_zero(k, v)?),
                 "reward" => {
                     r.reward = match v {
                         Value::String(s) => vec![s.clone()],
@@ -509,6 +546,11 @@ impl Request {
             "cfg": self.cfg,
             "cfg_rescale": self.cfg_rescale,
             "cfg_interval": window(&self.cfg_interval),
+            "guidance": name_of(&GUIDANCE_KINDS, self.guidance),
+            "apg_eta": self.apg_eta,
+            "apg_norm_threshold": self.apg_norm_threshold,
+            "apg_momentum": self.apg_momentum,
+            "zero_init_steps": self.zero_init_steps,
             "reward": self.reward,
             "reward_scale": self.reward_scale,
             "reward_form": self.reward_form.map(reward_form_name),

@@ -10,7 +10,7 @@
 //! A failure that belongs to one sample (a non-finite value, its reward) fails that
 //! sample only; a failed model call fails every sample in it.
 
-use super::model_call::{guided_output, ModelCall, Slot};
+use super::model_call::{guidance_needs_host, guided_output, ModelCall, Slot};
 use super::settings::Shared;
 use super::{check_finite, Condition, NoiseSource, SampleOutput, SampleRun, SlotSampler};
 use crate::backend::StepBuffers;
@@ -30,6 +30,11 @@ pub struct StepReport {
     /// Samples that failed during the step, by their position in the runs given,
     /// with the reason. Drop them before the next step.
     pub failed: Vec<(usize, Error)>,
+}
+
+/// Whether `run` evaluates its reward during its current step.
+fn needs_reward(run: &SampleRun) -> bool {
+    run.settings.evaluates_reward_at(run.step)
 }
 
 /// Samples that can share a model call: same height, width and token count.
@@ -92,13 +97,15 @@ impl<'r> SlotSampler<'_> {
         report.rows += slots.len() + call.cfg_rows;
 
         let fused = self.fused_steps();
-        let needs_reward = |m: usize| runs[m].settings.evaluates_reward_at(runs[m].step);
-        // The guided (CFG-combined) outputs on the host, per slot, where needed:
-        // every slot on the host path, only the rewarded ones on the fused path.
+        // The guided outputs on the host, per slot, where needed: every slot on the
+        // host path; on the fused path the rewarded ones and those whose guidance
+        // method sums over the sample (APG, CFG-Zero*).
         let host_slots: Vec<bool> = slots
             .iter()
-            .map(|s| !fused || needs_reward(s.run))
+            .map(|s| !fused || needs_reward(&runs[s.run]) || guidance_needs_host(&runs[s.run]))
             .collect();
+        // Fused path: what the host-guided slots add to their conditional row.
+        let mut guidance_shifts: Vec<Option<Vec<f32>>> = vec![None; slots.len()];
         let per = slots
             .first()
             .map_or(0, |s| runs[s.run].particles[s.particle].latent.len());
@@ -110,9 +117,17 @@ impl<'r> SlotSampler<'_> {
                         if !host_slots[k] || failed[slot.run].is_some() {
                             continue;
                         }
-                        let run = &runs[slot.run];
+                        let run = &mut runs[slot.run];
                         let mut guided = vec![0f32; per];
-                        guided_output(&call, &out, k, run, &mut guided);
+                        let on_host = guidance_needs_host(run);
+                        guided_output(&call, &out, k, run, slot.particle, &mut guided);
+                        if fused && on_host {
+                            let cond =
+                                &out[(call.cfg_rows + k) * per..(call.cfg_rows + k + 1) * per];
+                            guidance_shifts[k] =
+                                Some(guided.iter().zip(cond).map(|(g, c)| g - c).collect());
+                        }
+                        let run = &runs[slot.run];
                         let level = NoiseLevel::at(&*run.settings.scheduler, run.step);
                         if let Err(e) = check_finite(
                             &guided,
@@ -139,7 +154,7 @@ impl<'r> SlotSampler<'_> {
         let mut rewarded: Vec<usize> = members
             .iter()
             .copied()
-            .filter(|&m| needs_reward(m) && failed[m].is_none())
+            .filter(|&m| needs_reward(&runs[m]) && failed[m].is_none())
             .collect();
         while let Some(&lead) = rewarded.first() {
             let Some(reward) = runs[lead].settings.reward.clone() else {
@@ -170,7 +185,27 @@ impl<'r> SlotSampler<'_> {
         }
 
         if fused {
-            self.fused_update(runs, &slots, &call, &shifts, noise, &mut failed, members);
+            // A host-guided slot's step starts from its conditional row plus the
+            // difference to its guided output (and the reward's shift on top).
+            for (k, g) in guidance_shifts.iter().enumerate() {
+                if let Some(g) = g {
+                    let total = match &shifts[k] {
+                        Some(r) => g.iter().zip(r).map(|(a, b)| a + b).collect(),
+                        None => g.clone(),
+                    };
+                    shifts[k] = Some(total);
+                }
+            }
+            self.fused_update(
+                runs,
+                &slots,
+                &call,
+                &shifts,
+                &guidance_shifts,
+                noise,
+                &mut failed,
+                members,
+            );
         } else {
             for (k, slot) in slots.iter().enumerate() {
                 if failed[slot.run].is_some() {
@@ -283,6 +318,7 @@ impl<'r> SlotSampler<'_> {
         slots: &[Slot],
         call: &ModelCall,
         shifts: &[Option<Vec<f32>>],
+        host_guided: &[Option<Vec<f32>>],
         noise: &dyn NoiseSource,
         failed: &mut [Option<Error>],
         members: &[usize],
@@ -339,7 +375,14 @@ impl<'r> SlotSampler<'_> {
                     None => shift_all.resize(shift_all.len() + per, 0.0),
                 }
             }
-            plan.push(call.slot_step(k, run, shifts[k].is_some(), update));
+            let mut slot_step = call.slot_step(k, run, shifts[k].is_some(), update);
+            if host_guided[k].is_some() {
+                // The guidance was applied on the host: the shift carries it.
+                slot_step.uncond_row = None;
+                slot_step.cfg_scale = 1.0;
+                slot_step.cfg_rescale = 0.0;
+            }
+            plan.push(slot_step);
             included.push(k);
         }
         if plan.is_empty() {

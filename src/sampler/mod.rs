@@ -278,6 +278,7 @@ impl<'a> SlotSampler<'a> {
             run.particles.push(slot::Particle {
                 latent,
                 state: run.settings.scheduler.new_state(),
+                guidance: Default::default(),
                 track: Default::default(),
             });
         }

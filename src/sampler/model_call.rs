@@ -9,7 +9,6 @@ use super::{Condition, SampleRun, SlotSampler};
 use crate::backend::SlotStep;
 use crate::error::{Error, Result};
 use crate::model::UNetInputs;
-use crate::step;
 use crate::step::LinearStep;
 use crate::tensor::Tensor;
 
@@ -225,24 +224,38 @@ impl SlotSampler<'_> {
     }
 }
 
-/// The CFG-combined (and rescaled) output of slot `k`, from the model call's
-/// output read back to the host (`out`, rows of `guided.len()` values).
+/// The guided output of slot `k` (CFG or another method of the sample's
+/// guidance, with its rescale), from the model call's output read back to the host
+/// (`out`, rows of `guided.len()` values). Unconditional samples take their only
+/// prediction as it is.
 pub(crate) fn guided_output(
     call: &ModelCall,
     out: &[f32],
     k: usize,
-    run: &SampleRun,
+    run: &mut SampleRun,
+    particle: usize,
     guided: &mut [f32],
 ) {
     let per = guided.len();
     let row = |r: usize| &out[r * per..(r + 1) * per];
     let cond = row(call.cfg_rows + k);
-    match call.uncond_row[k] {
-        Some(u) => {
-            let g = run.spec.guidance;
-            step::combine(row(u), cond, g.scale, guided);
-            step::rescale(guided, cond, g.rescale);
-        }
-        None => guided.copy_from_slice(cond),
+    if !run.rows.uses_cfg {
+        guided.copy_from_slice(cond);
+        return;
     }
+    let uncond = call.uncond_row[k].map(row);
+    let guidance = run.spec.guidance;
+    guidance.predict(
+        run.step,
+        uncond,
+        cond,
+        &mut run.particles[particle].guidance,
+        guided,
+    );
+}
+
+/// Whether slot `k`'s guided output needs the host (a guidance method that sums
+/// over the whole sample), whatever the step path.
+pub(crate) fn guidance_needs_host(run: &SampleRun) -> bool {
+    run.rows.uses_cfg && !run.spec.guidance.is_elementwise_at(run.step)
 }

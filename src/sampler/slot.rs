@@ -10,6 +10,7 @@ use super::settings::SampleSettings;
 use super::{NoiseSource, Rows, SampleSpec};
 use crate::error::Result;
 use crate::guidance::reward::renoise;
+use crate::guidance::GuidanceState;
 use crate::rng::{uniform, NoiseStream};
 use crate::schedule::StepState;
 use crate::steer::{resample_population, PotentialTrack};
@@ -20,6 +21,8 @@ pub(crate) struct Particle {
     /// x_t in the scheduler's space, NHWC.
     pub latent: Vec<f32>,
     pub state: StepState,
+    /// What the guidance carries between steps (APG's momentum buffer).
+    pub guidance: GuidanceState,
     pub track: PotentialTrack,
 }
 
@@ -39,9 +42,9 @@ pub struct SampleRun<'r> {
     pub(crate) step: usize,
     pub(crate) repeat: usize,
     pub(crate) particles: Vec<Particle>,
-    /// The solver states at the start of a repeated step, restored before each
-    /// repeat.
-    pub(crate) snapshot: Option<Vec<StepState>>,
+    /// The solver and guidance states at the start of a repeated step, restored
+    /// before each repeat.
+    pub(crate) snapshot: Option<Vec<(StepState, GuidanceState)>>,
     /// The rewards of the particles' estimates during the current step.
     pub(crate) step_rewards: Option<Vec<f32>>,
 }
@@ -122,7 +125,12 @@ impl SampleRun<'_> {
     /// Keeps the solver states before the first take of a step that is repeated.
     pub(crate) fn snapshot_if_repeated(&mut self) {
         if self.repeat == 0 && self.settings.repeats_at(self.step) > 1 {
-            self.snapshot = Some(self.particles.iter().map(|p| p.state.clone()).collect());
+            self.snapshot = Some(
+                self.particles
+                    .iter()
+                    .map(|p| (p.state.clone(), p.guidance.clone()))
+                    .collect(),
+            );
         }
     }
 
@@ -145,8 +153,9 @@ impl SampleRun<'_> {
                 let particle = &mut self.particles[k];
                 renoise(scheduler, self.step, &particle.latent, &fresh, &mut next);
                 particle.latent.copy_from_slice(&next);
-                if let Some(saved) = &self.snapshot {
-                    particle.state.clone_from(&saved[k]);
+                if let Some((state, guidance)) = self.snapshot.as_ref().map(|s| &s[k]) {
+                    particle.state.clone_from(state);
+                    particle.guidance.clone_from(guidance);
                 }
             }
             self.repeat = repeat;

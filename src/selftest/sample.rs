@@ -45,6 +45,7 @@ pub fn check(refs: &References, subject: &dyn Subject, dir: &Path) -> Result<Opt
                     scale: 3.0,
                     rescale: 0.0,
                     interval: GuidanceInterval::ALWAYS,
+                    ..Guidance::default()
                 },
             })
             .collect();

@@ -219,6 +219,29 @@ pub struct GenerateArgs {
     #[arg(long = "cfg-interval", value_name = "START:STOP", value_parser = parse_interval)]
     pub cfg_interval: Option<(usize, usize)>,
 
+    /// How the predictions are combined: cfg, apg (adaptive projected guidance) or
+    /// cfg-zero-star (CFG-Zero*), each as diffusers' guider of that name.
+    #[arg(long, value_enum, value_name = "METHOD", default_value = "cfg")]
+    pub guidance: GuidanceArg,
+
+    /// APG: weight η of the update's part parallel to the conditional prediction
+    /// (default 1; 0 drops it).
+    #[arg(long = "apg-eta", value_name = "ETA", value_parser = parse_finite, allow_negative_numbers = true)]
+    pub apg_eta: Option<f32>,
+
+    /// APG: cap on the update's L2 norm over the sample (default 15; 0: none).
+    #[arg(long = "apg-norm-threshold", value_name = "R", value_parser = parse_non_negative_f32, allow_negative_numbers = true)]
+    pub apg_norm_threshold: Option<f32>,
+
+    /// APG: momentum β of the update's running average (default 0: none; the APG
+    /// paper uses −0.5).
+    #[arg(long = "apg-momentum", value_name = "BETA", value_parser = parse_finite, allow_negative_numbers = true)]
+    pub apg_momentum: Option<f32>,
+
+    /// CFG-Zero*: steps whose prediction is zero (default 1).
+    #[arg(long = "zero-init-steps", value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    pub zero_init_steps: Option<usize>,
+
     /// Seed of the first image; image i uses seed + i.
     #[arg(long, value_name = "N", default_value = "0", value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u64,
@@ -325,6 +348,22 @@ pub struct AlignArgs {
     /// Resample only when the effective sample size drops below N/2.
     #[arg(long = "fk-adaptive")]
     pub fk_adaptive: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GuidanceArg {
+    /// Classifier-free guidance: uncond + s·(cond − uncond).
+    Cfg,
+    /// Adaptive projected guidance (APG).
+    Apg,
+    /// CFG-Zero*: optimally scaled unconditional prediction, zero first steps.
+    #[value(name = "cfg-zero-star")]
+    CfgZeroStar,
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .map_err(|_| "expected a whole number ≥ 0".to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

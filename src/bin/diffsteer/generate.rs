@@ -13,10 +13,11 @@ use serde::Serialize;
 
 use diffsteer::fsutil::write_atomic;
 use diffsteer::image::Image8;
+use diffsteer::pipeline::request::GuidanceKind;
 use diffsteer::pipeline::{drive, ImageMetadata, PlanFeed, Request};
 use diffsteer::Error;
 
-use crate::args::GenerateArgs;
+use crate::args::{GenerateArgs, GuidanceArg};
 use crate::engine_flags::{
     apply_alignment, check_classifier_flag, class_choice, engine_error, open_engine, window,
 };
@@ -115,6 +116,15 @@ fn request_of(args: &GenerateArgs) -> Request {
         cfg: args.cfg,
         cfg_rescale: args.cfg_rescale,
         cfg_interval: window(args.cfg_interval),
+        guidance: match args.guidance {
+            GuidanceArg::Cfg => GuidanceKind::Cfg,
+            GuidanceArg::Apg => GuidanceKind::Apg,
+            GuidanceArg::CfgZeroStar => GuidanceKind::CfgZeroStar,
+        },
+        apg_eta: args.apg_eta,
+        apg_norm_threshold: args.apg_norm_threshold,
+        apg_momentum: args.apg_momentum,
+        zero_init_steps: args.zero_init_steps,
         ..Request::default()
     };
     apply_alignment(&mut request, &args.align);
