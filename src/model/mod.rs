@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod clip;
 pub mod config;
 pub mod embeddings;
 pub mod folder;
