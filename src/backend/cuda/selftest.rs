@@ -647,6 +647,8 @@ fn op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         },
     )?);
 
+    out.extend(text_and_vae_op_checks(refs, gpu)?);
+
     let cat = Inputs::random(&[&[2, 32, 32, 320], &[2, 32, 32, 640]], 900);
     out.push(check_op(
         refs,
@@ -655,6 +657,61 @@ fn op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
         &cat,
         Work::Bytes(2.0 * 4.0 * 2.0 * 32.0 * 32.0 * 960.0),
         &|b, t| b.concat_channels(&t[0], &t[1]).map(Some),
+    )?);
+    Ok(out)
+}
+
+/// The ops the CLIP text encoder and the VAE add: causal attention at CLIP's shape
+/// (77 tokens, 12 heads of 64, a batch of 2 prompts), the GELU family with and
+/// without derivatives, and the VAE mid block's single 512-wide head.
+fn text_and_vae_op_checks(refs: &References, gpu: &CudaBackend) -> Result<Vec<CheckResult>> {
+    let mut out = Vec::new();
+    let (l, heads, d) = (77usize, 12usize, 64usize);
+    let w = heads * d;
+    let inputs = Inputs::random(&[&[2, l, w], &[2, l, w], &[2, l, w]], 1100);
+    out.push(check_op(
+        refs,
+        gpu,
+        "causal attention d64 77×77",
+        &inputs,
+        Work::Flops((2 * 2 * heads * l * (l + 1) * d) as f64),
+        &move |b, t| b.causal_attention(&t[0], &t[1], &t[2], heads).map(Some),
+    )?);
+    let mlp = Inputs::random(&[&[2, l, 3072]], 1110);
+    let mlp_bytes = 4.0 * 2.0 * 77.0 * 3072.0;
+    for (name, act) in [
+        ("gelu", Activation::Gelu),
+        ("quick gelu", Activation::QuickGelu),
+    ] {
+        out.push(check_op(
+            refs,
+            gpu,
+            &format!("{name} (in place)"),
+            &mlp,
+            Work::Bytes(mlp_bytes * 2.0),
+            &move |b, t| {
+                b.activation_assign(&mut t[0], act, false)?;
+                Ok(None)
+            },
+        )?);
+        out.push(check_op(
+            refs,
+            gpu,
+            &format!("{name} derivative"),
+            &mlp,
+            Work::Bytes(mlp_bytes * 3.0),
+            &move |b, t| b.activation_assign(&mut t[0], act, true),
+        )?);
+    }
+    // A 32×32 latent (256² images): the plain 16-bit reference stays quick.
+    let vae = Inputs::random(&[&[1, 1024, 512], &[1, 1024, 512], &[1, 1024, 512]], 1120);
+    out.push(check_op(
+        refs,
+        gpu,
+        "attention d512 1024×1024 (VAE)",
+        &vae,
+        Work::Flops(4.0 * 1024.0 * 1024.0 * 512.0),
+        &|b, t| b.attention(&t[0], &t[1], &t[2], 1).map(Some),
     )?);
     Ok(out)
 }
