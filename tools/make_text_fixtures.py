@@ -5,7 +5,9 @@ pipelines with reference runs (see tests/fixtures/README.md, "Text-to-image").
 
     /work/venv/bin/python tools/make_text_fixtures.py [--out tests/fixtures] [--only PART ...]
 
-PART is one of: tokenizer, text_encoder, vae, pipelines (default: all).
+PART is one of: tokenizer (the CLIP vocabulary folders and the tokenizer corpus),
+pipelines (the tiny pipelines, their text encoder / VAE references and reference
+runs, and the standalone 4-level VAE). Default: both.
 
 Deterministic like tools/make_model_fixtures.py: every random draw comes from a
 torch.Generator / random.Random seeded from a fixed string (crc32), reference maths
@@ -204,11 +206,8 @@ def make_tokenizer_fixture(out):
     tokenizers = {}
     for name, folder in variants:
         path = out / folder
-        if not path.is_dir():
-            print(f"WARNING {path} is missing (run the pipelines part first)")
-            continue
+        assert path.is_dir(), f"{path} is missing (run the pipelines part first)"
         tokenizers[name] = transformers.CLIPTokenizer.from_pretrained(str(path))
-    variants = [(n, f) for n, f in variants if n in tokenizers]
     cases = []
     for prompt in corpus:
         case = {"prompt": prompt}
@@ -245,16 +244,412 @@ def make_tokenizer_fixture(out):
     print(f"tokenizer: {len(cases)} prompts x {len(variants)} tokenizers ({truncated} truncated)")
 
 
-def make_text_encoders(out):
-    raise NotImplementedError
+# --------------------------------------------------------------- model building
+
+PERTURB = 0.1
 
 
-def make_vaes(out):
-    raise NotImplementedError
+def perturb_(model, tag):
+    """p += PERTURB·randn·std(p) (or ±≥0.01 for constant-initialised tensors), so no
+    norm weight is exactly 1 and no bias exactly 0: a loader cannot fake one."""
+    g = gen("perturb/" + tag)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            std = p.std().item() if p.numel() > 1 else 0.0
+            delta = PERTURB * (std if std > 0 else 1.0) * torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if std == 0:
+                delta = delta.sign() * delta.abs().clamp(min=0.01)
+            p.add_(delta)
+
+
+def scale_(model, names, factor):
+    """Multiplies the parameters whose name contains one of `names` by `factor`."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(n in name for n in names):
+                p.mul_(factor)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+# The tiny pipelines. Latents are 8 x 12 (non-square on purpose); images 16 x 24 (SD1:
+# a 2-level VAE) and 32 x 48 (SD2: 3 levels).
+LATENT_H, LATENT_W = 8, 12
+
+PIPELINES = {
+    "sd1_tiny": dict(
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, hidden_act="quick_gelu"),
+        text_dtype=torch.float16,
+        text_layout="transformers5",  # names as transformers 5 saves them (no text_model.)
+        pad="<|endoftext|>",
+        tokenizer_format="legacy",  # vocab.json + merges.txt + special_tokens_map.json (SD 1.5's folders)
+        unet=dict(
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=2,  # 2 heads of 8 (a head COUNT in diffusers' naming)
+            norm_num_groups=8,
+        ),
+        unet_dtype=torch.float16,
+        vae=dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4),
+        vae_dtype=torch.float32,
+        scheduler=dict(
+            _class_name="DDIMScheduler",
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="epsilon",
+            timestep_spacing="leading",
+            num_train_timesteps=1000,
+        ),
+    ),
+    "sd2_tiny": dict(
+        text=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu"),
+        text_dtype=torch.bfloat16,
+        text_layout="text_model",  # text_model.* names + position_ids, as on the Hub
+        pad="!",
+        tokenizer_format="saved",  # what transformers 5 save_pretrained writes: tokenizer.json
+        unet=dict(
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=(2, 4),  # per-block head COUNTS (diffusers' naming): 8 wide each
+            use_linear_projection=True,
+            upcast_attention=True,
+            norm_num_groups=8,
+        ),
+        unet_dtype=torch.bfloat16,
+        vae=dict(block_out_channels=(8, 8, 16), layers_per_block=1, norm_num_groups=4),
+        vae_dtype=torch.float16,
+        scheduler=dict(
+            _class_name="DDIMScheduler",
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="v_prediction",
+            timestep_spacing="leading",
+            num_train_timesteps=1000,
+        ),
+    ),
+}
+
+
+def build_text_encoder(name, spec):
+    cfg = transformers.CLIPTextConfig(
+        vocab_size=TINY_VOCAB,
+        max_position_embeddings=77,
+        bos_token_id=TINY_VOCAB - 2,
+        eos_token_id=TINY_VOCAB - 1,
+        pad_token_id=TINY_VOCAB - 1,
+        projection_dim=spec["text"]["hidden_size"],
+        **spec["text"],
+    )
+    torch.manual_seed(zlib.crc32(("init/text/" + name).encode()))
+    model = transformers.CLIPTextModel(cfg).eval()
+    # transformers initialises embeddings with std 0.02: lift them so that the
+    # layers' updates and the embeddings are of one size and every layer matters.
+    scale_(model, ["token_embedding", "position_embedding"], 25.0)
+    perturb_(model, "text/" + name)
+    return model.to(spec["text_dtype"])
+
+
+def build_vae(tag, vae_kwargs, latent_channels=4, **extra):
+    levels = len(vae_kwargs["block_out_channels"])
+    torch.manual_seed(zlib.crc32(("init/vae/" + tag).encode()))
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=latent_channels,
+        sample_size=LATENT_H * 2 ** (levels - 1),
+        **vae_kwargs,
+        **extra,
+    ).eval()
+    perturb_(vae, "vae/" + tag)
+    return vae
+
+
+def build_unet(name, spec, cross_dim):
+    torch.manual_seed(zlib.crc32(("init/unet/" + name).encode()))
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=LATENT_H, in_channels=4, out_channels=4, cross_attention_dim=cross_dim, **spec["unet"]
+    ).eval()
+    perturb_(unet, "unet/" + name)
+    # Output std 1 on noise-like inputs, as a trained model's: then the prediction,
+    # not the initial noise alone, shapes the trajectory and the schedulers differ.
+    with torch.no_grad():
+        x = randn((2, 4, LATENT_H, LATENT_W), f"unet/{name}/probe-x")
+        ctx = randn((2, 77, cross_dim), f"unet/{name}/probe-ctx")
+        std = unet(x, torch.tensor([500.0, 500.0]), ctx).sample.std().item()
+    scale_(unet, ["conv_out"], 1.0 / std)
+    return unet.to(spec["unet_dtype"])
+
+
+def write_tokenizer(folder, pad, fmt):
+    """The tiny vocabulary (CLIP's first TINY_MERGES merges), SD 1.5's file layout, or
+    as transformers 5 saves a CLIPTokenizer (tokenizer.json + tokenizer_config.json)."""
+    vocab, merges = make_clip_tokenizer.build(TINY_MERGES)
+    assert len(vocab) == TINY_VOCAB
+    if folder.exists():
+        shutil.rmtree(folder)
+    make_clip_tokenizer.write(folder, vocab, merges, pad)
+    if fmt == "saved":
+        tok = transformers.CLIPTokenizer.from_pretrained(str(folder))
+        shutil.rmtree(folder)
+        tok.save_pretrained(str(folder))
+        # Only the files transformers writes, with no machine-specific entries.
+        config = json.load(open(folder / "tokenizer_config.json"))
+        for key in ("is_local", "local_files_only", "name_or_path"):
+            config.pop(key, None)
+        write_json(folder / "tokenizer_config.json", config)
+        assert sorted(os.listdir(folder)) == ["tokenizer.json", "tokenizer_config.json"], os.listdir(folder)
+
+
+TINY_VOCAB = 1000
+
+
+def nhwc(t):
+    return t.permute(0, 2, 3, 1).contiguous()
+
+
+def nchw(t):
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+def text_prompts():
+    """Every prompt and negative prompt of the reference runs (one far over 77
+    tokens, one empty): the text-encoder fixture holds the embeddings the runs used."""
+    return sorted(set(RUN["prompts"] + RUN["negative_prompts"]))
+
+
+def encode_clip_skip(text_encoder, ids, clip_skip):
+    """diffusers' encode_prompt for clip_skip = N, line for line: hidden_states[-(N + 1)]
+    through the final layer norm. (diffusers 0.42.1 reaches the norm through
+    `text_encoder.text_model`, which transformers 5's CLIPTextModel no longer has, so
+    `encode_prompt(clip_skip=N)` itself raises AttributeError with this pair.)"""
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states
+    return text_encoder.final_layer_norm(hidden[-(clip_skip + 1)])
+
+
+def make_text_encoder_fixture(out, name, pipe):
+    """The pipeline's text encoder on four prompts: diffusers' encode_prompt (clip_skip
+    None), and clip_skip 1 and 2 as encode_prompt computes them."""
+    prompts = text_prompts()
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    tensors = {"input_ids": ids.to(torch.int64)}
+    with torch.no_grad():
+        plain = pipe.text_encoder(ids)[0]
+        embeds, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
+        tensors["last_hidden_state"] = embeds.float()
+        for skip in (1, 2):
+            tensors[f"clip_skip_{skip}"] = encode_clip_skip(pipe.text_encoder, ids, skip).float()
+    # diffusers feeds the U-Net the plain last hidden state (SD2's "penultimate layer"
+    # is already the last layer of its shipped text encoder).
+    assert torch.equal(tensors["last_hidden_state"], plain)
+    for k in ("clip_skip_1", "clip_skip_2"):
+        d = rel(tensors[k], tensors["last_hidden_state"])
+        assert d > 0.05, f"{name} {k} is too close to the last hidden state ({d:.3g}): the layers barely matter"
+    meta = {
+        "folder": f"pipelines/{name}/text_encoder",
+        "tokenizer": f"pipelines/{name}/tokenizer",
+        "prompts": json.dumps(prompts, ensure_ascii=False),
+        "transformers_version": transformers.__version__,
+        "diffusers_version": diffusers.__version__,
+    }
+    save_safetensors(tensors, out / "text" / f"{name}_text_encoder.safetensors", meta)
+    stds = {k: round(v.std().item(), 3) for k, v in tensors.items() if k != "input_ids"}
+    print(f"{name} text encoder: std {stds}")
+
+
+def make_vae_fixture(out, tag, vae, folder, latent_hw=(LATENT_H, LATENT_W)):
+    """decode(latents / scaling + shift) of two sampler-space latents, and the posterior
+    mean / std of two images; everything NHWC."""
+    cfg = vae.config
+    levels = len(cfg.block_out_channels)
+    f = 2 ** (levels - 1)
+    lh, lw = latent_hw
+    latents = randn((2, lh, lw, cfg.latent_channels), f"vae/{tag}/latents")
+    images = (0.6 * randn((2, lh * f, lw * f, 3), f"vae/{tag}/images")).clamp(-1, 1)
+    shift = cfg.shift_factor or 0.0
+    with torch.no_grad():
+        decoded = vae.decode(nchw(latents) / cfg.scaling_factor + shift).sample
+        posterior = vae.encode(nchw(images)).latent_dist
+    tensors = {
+        "latents": latents,
+        "decoded": nhwc(decoded),
+        "images": images,
+        "mean": nhwc(posterior.mean),
+        "std": nhwc(posterior.std),
+    }
+    meta = {"folder": folder, "diffusers_version": diffusers.__version__}
+    save_safetensors(tensors, out / "text" / f"vae_{tag}.safetensors", meta)
+    print(
+        f"vae {tag}: decoded std {decoded.std():.3f} (|x| > 1: {(decoded.abs() > 1).float().mean():.1%}), "
+        f"mean std {posterior.mean.std():.3f}, std mean {posterior.std.mean():.3f}"
+    )
+
+
+SCHEDULERS = [
+    ("ddim", "DDIMScheduler"),
+    ("dpmpp2m", "DPMSolverMultistepScheduler"),
+    ("euler", "EulerDiscreteScheduler"),
+]
+RUN = dict(
+    prompts=["a photograph of an astronaut riding a horse", "Café déjà vu, masterpiece!! " * 12],
+    negative_prompts=["", "blurry, low quality"],
+    seeds=[11, 12],
+    steps=8,
+    guidance_scale=5.0,
+)
+
+
+def scheduler_config_json(scheduler):
+    """The resolved config; diffusers' `_use_default_values` is a set turned into a
+    list in hash order, so it is sorted to keep the file byte-stable."""
+    config = dict(scheduler.config)
+    if "_use_default_values" in config:
+        config["_use_default_values"] = sorted(config["_use_default_values"])
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def make_reference_runs(out, name, pipe, image_size):
+    import compare_diffusers
+
+    compare_diffusers.check_philox()
+    height, width = image_size
+    noise = np.stack([compare_diffusers.initial_noise(s, 4, LATENT_H, LATENT_W) for s in RUN["seeds"]])
+    base_config = dict(pipe.scheduler.config)
+    for sched_name, cls_name in SCHEDULERS:
+        pipe.scheduler = getattr(diffusers, cls_name).from_config(base_config)
+
+        def run(output_type, perturb=False):
+            hook = None
+            if perturb:
+                g = gen(f"probe/{name}/{sched_name}")
+
+                def nudge(module, args, output):
+                    # The pipeline calls the U-Net with return_dict=False: a tuple.
+                    sample = output[0] if isinstance(output, tuple) else output.sample
+                    sample.mul_(1 + 1e-6 * torch.randn(sample.shape, generator=g))
+
+                hook = pipe.unet.register_forward_hook(nudge)
+            try:
+                with torch.no_grad():
+                    return pipe(
+                        prompt=RUN["prompts"],
+                        negative_prompt=RUN["negative_prompts"],
+                        height=height,
+                        width=width,
+                        num_inference_steps=RUN["steps"],
+                        guidance_scale=RUN["guidance_scale"],
+                        latents=torch.from_numpy(noise.copy()),
+                        output_type=output_type,
+                    ).images
+            finally:
+                if hook is not None:
+                    hook.remove()
+
+        images = torch.from_numpy(run("np"))
+        final_latents = run("latent")
+        probe = torch.from_numpy(run("np", perturb=True))
+        moved = rel(probe, images)
+        assert moved < 1e-5, f"{name} {sched_name}: a 1e-6 nudge of the U-Net output moves the images by {moved:.2e}"
+        clamped = ((images == 0) | (images == 1)).float().mean().item()
+        std = images.std().item()
+        assert clamped < 0.05 and std > 0.05, f"{name} {sched_name}: images saturated ({clamped:.1%}) or flat (std {std:.3f})"
+        pipe.scheduler.set_timesteps(RUN["steps"])
+        tensors = {
+            "initial_noise": torch.from_numpy(noise).permute(0, 2, 3, 1).contiguous(),
+            "final_latents": nhwc(final_latents),
+            "images": images.float(),
+            "timesteps": pipe.scheduler.timesteps.to(torch.float32),
+        }
+        meta = {
+            "pipeline": f"pipelines/{name}",
+            "prompts": json.dumps(RUN["prompts"], ensure_ascii=False),
+            "negative_prompts": json.dumps(RUN["negative_prompts"], ensure_ascii=False),
+            "seeds": json.dumps(RUN["seeds"]),
+            "num_inference_steps": str(RUN["steps"]),
+            "guidance_scale": str(RUN["guidance_scale"]),
+            "height": str(height),
+            "width": str(width),
+            "scheduler_class": cls_name,
+            "scheduler_config": scheduler_config_json(pipe.scheduler),
+            "init_noise_sigma": str(float(pipe.scheduler.init_noise_sigma)),
+            "diffusers_version": diffusers.__version__,
+        }
+        save_safetensors(tensors, out / "text" / f"{name}__{sched_name}.safetensors", meta)
+        print(
+            f"{name} {sched_name}: image mean {images.mean():.3f} std {std:.3f} clamped {clamped:.2%}, "
+            f"final latent std {final_latents.std():.3f}, probe {moved:.1e}"
+        )
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(base_config)
 
 
 def make_pipelines(out):
-    raise NotImplementedError
+    for name, spec in PIPELINES.items():
+        pdir = out / "pipelines" / name
+        hidden = spec["text"]["hidden_size"]
+        scratch = out / "pipelines" / f".{name}-tokenizer"
+        write_tokenizer(scratch, spec["pad"], "legacy")
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=build_vae(name, spec["vae"]).to(spec["vae_dtype"]),
+            text_encoder=build_text_encoder(name, spec),
+            tokenizer=transformers.CLIPTokenizer.from_pretrained(str(scratch)),
+            unet=build_unet(name, spec, hidden),
+            scheduler=diffusers.DDIMScheduler.from_config(spec["scheduler"]),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        shutil.rmtree(scratch)
+        if pdir.exists():
+            shutil.rmtree(pdir)
+        pipe.save_pretrained(str(pdir), safe_serialization=True)
+        write_tokenizer(pdir / "tokenizer", spec["pad"], spec["tokenizer_format"])
+        if spec["text_layout"] == "text_model":
+            # The layout of the text encoders on the Hub (older transformers): names
+            # under `text_model.` plus the saved `position_ids` buffer.
+            path = pdir / "text_encoder" / "model.safetensors"
+            weights = {"text_model." + k: v for k, v in load_file(str(path)).items()}
+            weights["text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64).unsqueeze(0)
+            save_safetensors(weights, path, {"format": "pt"})
+        # The reference: what diffusers loads from the folder, in f32.
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(pdir), torch_dtype=torch.float32).to("cpu")
+        pipe.set_progress_bar_config(disable=True)
+        make_text_encoder_fixture(out, name, pipe)
+        make_vae_fixture(out, name, pipe.vae, f"pipelines/{name}/vae")
+        f = pipe.vae_scale_factor
+        make_reference_runs(out, name, pipe, (LATENT_H * f, LATENT_W * f))
+    # A standalone 4-level VAE with the options SD's VAEs leave at their defaults.
+    vdir = out / "vae" / "4level"
+    vae = build_vae(
+        "4level",
+        dict(block_out_channels=(8, 8, 8, 16), layers_per_block=2, norm_num_groups=4),
+        latent_channels=3,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1,
+        scaling_factor=0.3,
+        force_upcast=False,
+    )
+    if vdir.exists():
+        shutil.rmtree(vdir)
+    vae.save_pretrained(str(vdir), safe_serialization=True)
+    vae = diffusers.AutoencoderKL.from_pretrained(str(vdir), torch_dtype=torch.float32).eval()
+    make_vae_fixture(out, "4level", vae, "vae/4level", latent_hw=(4, 6))
 
 
 # ------------------------------------------------------------------------- main
@@ -262,17 +657,13 @@ def make_pipelines(out):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "tests/fixtures"))
-    p.add_argument("--only", nargs="*", choices=["tokenizer", "text_encoder", "vae", "pipelines"])
+    p.add_argument("--only", nargs="*", choices=["tokenizer", "pipelines"])
     args = p.parse_args()
     out = Path(args.out)
     (out / "text").mkdir(parents=True, exist_ok=True)
-    parts = args.only or ["tokenizer", "text_encoder", "vae", "pipelines"]
+    parts = args.only or ["tokenizer", "pipelines"]
     if "tokenizer" in parts:
         make_tokenizer_folders(out)
-    if "text_encoder" in parts:
-        make_text_encoders(out)
-    if "vae" in parts:
-        make_vaes(out)
     if "pipelines" in parts:
         make_pipelines(out)
     if "tokenizer" in parts:

@@ -12,6 +12,7 @@ pub mod preset;
 pub mod resnet;
 pub mod transformer;
 pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use config::{UNetClass, UNetConfig};
