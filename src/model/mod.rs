@@ -1,5 +1,8 @@
-//! diffusers U-Nets: config parsing, safetensors loading into the engine's layouts,
-//! and the forward graph, written once against [`crate::backend::Backend`].
+//! diffusers and transformers models: config parsing, safetensors loading into the
+//! engine's layouts, and the forward graphs, written once against
+//! [`crate::backend::Backend`]: U-Nets, CLIP's tokenizer and text encoder
+//! ([`clip`]), the VAE ([`vae`]), and Stable Diffusion pipeline folders
+//! ([`pipeline_folder`]).
 
 pub mod attention;
 pub mod blocks;
@@ -8,6 +11,7 @@ pub mod config;
 pub mod embeddings;
 pub mod folder;
 pub mod layers;
+pub mod pipeline_folder;
 pub mod preset;
 pub mod resnet;
 pub mod transformer;
@@ -17,4 +21,5 @@ pub mod weights;
 
 pub use config::{UNetClass, UNetConfig};
 pub use folder::ModelFolder;
+pub use pipeline_folder::PipelineFolder;
 pub use unet::{UNet, UNetInputs};
