@@ -10,7 +10,7 @@ mod common;
 
 use common::assert_close;
 use diffsteer::backend::Backend;
-use diffsteer::model::vae::{Vae, VaeParts};
+use diffsteer::model::vae::{TileSettings, Vae, VaeParts};
 use diffsteer::model::weights::WeightFile;
 use diffsteer::CpuBackend;
 
@@ -40,6 +40,21 @@ fn check(name: &str) {
         1e-5,
     );
     eprintln!("{name} decode: rel L2 {err:.2e}");
+
+    // diffusers' tiled decoding (enable_tiling) with its default tiles.
+    let (tiled_shape, want_tiled) = r.read_f32("decoded_tiled").expect("decoded_tiled");
+    let tiles = TileSettings::for_config(vae.config());
+    let out = vae
+        .decode_tiled(&cpu, &latents, &tiles)
+        .expect("tiled decode");
+    assert_eq!(out.shape(), &tiled_shape[..], "{name}: tiled shape");
+    let err = assert_close(
+        &format!("{name} tiled decode"),
+        &cpu.to_host(&out).expect("host"),
+        &want_tiled,
+        1e-5,
+    );
+    eprintln!("{name} tiled decode: rel L2 {err:.2e}");
 
     let (_, images) = tensor("images");
     let posterior = vae.encode(&cpu, &images).expect("encode");

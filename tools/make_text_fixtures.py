@@ -364,7 +364,9 @@ def build_text_encoder(name, spec):
     return model.to(spec["text_dtype"])
 
 
-def build_vae(tag, vae_kwargs, latent_channels=4, **extra):
+def build_vae(tag, vae_kwargs, latent_channels=4, sample_size=None, **extra):
+    """sample_size (default: the pipelines' image height) is also the tile size of
+    diffusers' tiled decoding."""
     levels = len(vae_kwargs["block_out_channels"])
     torch.manual_seed(zlib.crc32(("init/vae/" + tag).encode()))
     vae = diffusers.AutoencoderKL(
@@ -373,7 +375,7 @@ def build_vae(tag, vae_kwargs, latent_channels=4, **extra):
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
         latent_channels=latent_channels,
-        sample_size=LATENT_H * 2 ** (levels - 1),
+        sample_size=sample_size or LATENT_H * 2 ** (levels - 1),
         **vae_kwargs,
         **extra,
     ).eval()
@@ -486,9 +488,18 @@ def make_vae_fixture(out, tag, vae, folder, latent_hw=(LATENT_H, LATENT_W)):
     with torch.no_grad():
         decoded = vae.decode(nchw(latents) / cfg.scaling_factor + shift).sample
         posterior = vae.encode(nchw(images)).latent_dist
+        # diffusers' tiled decoding with its default tiles (the config's sample_size,
+        # here smaller than the latents on purpose): several tiles, partial ones at
+        # the edges.
+        vae.enable_tiling()
+        assert vae.tile_latent_min_size < max(lh, lw), (tag, vae.tile_latent_min_size)
+        tiled = vae.decode(nchw(latents) / cfg.scaling_factor + shift).sample
+        vae.disable_tiling()
+    assert rel(tiled, decoded) > 1e-3, f"{tag}: tiling changed nothing"
     tensors = {
         "latents": latents,
         "decoded": nhwc(decoded),
+        "decoded_tiled": nhwc(tiled),
         "images": images,
         "mean": nhwc(posterior.mean),
         "std": nhwc(posterior.std),
@@ -639,6 +650,7 @@ def make_pipelines(out):
         "4level",
         dict(block_out_channels=(8, 8, 8, 16), layers_per_block=2, norm_num_groups=4),
         latent_channels=3,
+        sample_size=32,  # tiles of 4 latent pixels over its 4 x 6 latents: a 1-pixel-high tile row too
         use_quant_conv=False,
         use_post_quant_conv=False,
         shift_factor=0.1,

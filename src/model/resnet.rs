@@ -63,7 +63,9 @@ impl ResnetBlock {
         x: &Tensor,
         temb_act: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let h = self.norm1.forward(b, x, true)?;
+        // Each intermediate is dropped as soon as the next exists (a VAE's full-size
+        // activations are hundreds of megabytes each).
+        let normed = self.norm1.forward(b, x, true)?;
         let t = match (&self.time_emb_proj, temb_act) {
             (Some(proj), Some(temb)) => Some(proj.forward(b, temb)?),
             (None, None) => None,
@@ -82,20 +84,22 @@ impl ResnetBlock {
         };
         let h = self.conv1.forward_with(
             b,
-            &h,
+            &normed,
             ConvEpilogue {
                 sample_bias: t.as_ref(),
                 residual: None,
             },
         )?;
-        let h = self.norm2.forward(b, &h, true)?;
+        drop(normed);
+        let normed = self.norm2.forward(b, &h, true)?;
+        drop(h);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => Some(conv.forward(b, x)?),
             None => None,
         };
         self.conv2.forward_with(
             b,
-            &h,
+            &normed,
             ConvEpilogue {
                 sample_bias: None,
                 residual: Some((shortcut.as_ref().unwrap_or(x), self.output_scale)),

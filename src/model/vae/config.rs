@@ -29,6 +29,8 @@ pub struct VaeConfig {
     pub use_quant_conv: bool,
     pub use_post_quant_conv: bool,
     pub mid_block_add_attention: bool,
+    /// The image size it was trained at; diffusers' tiled decoding uses it as the
+    /// tile size.
     pub sample_size: Option<usize>,
 }
 
@@ -113,9 +115,10 @@ impl VaeConfig {
             }
             Ok(v)
         };
-        let sample_size = match f.get("sample_size") {
-            Some(v) if v.is_array() => None, // [h, w]: only informational here
-            _ => f.opt_usize("sample_size")?,
+        // An int, or [h, w] of which diffusers' tiling uses the first.
+        let sample_size = match f.get("sample_size").and_then(|v| v.as_array()) {
+            Some(items) => items.first().and_then(|v| v.as_u64()).map(|v| v as usize),
+            None => f.opt_usize("sample_size")?,
         };
         let scaling_factor = f.f64("scaling_factor", 0.18215)?;
         if !scaling_factor.is_finite() || scaling_factor == 0.0 {

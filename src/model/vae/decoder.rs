@@ -79,12 +79,15 @@ impl Decoder {
             }
             None => z,
         };
-        let h = self.conv_in.forward(b, z)?;
-        let mut h = self.mid.forward(b, &h)?;
+        let mut h = self.conv_in.forward(b, z)?;
+        h = self.mid.forward(b, &h)?;
         for block in &self.up {
             h = block.forward(b, h)?;
+            // Each level doubles the resolution: the CPU buffer pool's buffers of the
+            // level below would mostly sit unused through the peak; free them.
+            crate::tensor::pool::release_cached_buffers();
         }
-        let h = self.norm_out.forward(b, &h, true)?;
+        h = self.norm_out.forward(b, &h, true)?;
         self.conv_out.forward(b, &h)
     }
 }

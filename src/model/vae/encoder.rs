@@ -82,9 +82,10 @@ impl Encoder {
         for block in &self.down {
             h = block.forward(b, h)?;
         }
-        let h = self.mid.forward(b, &h)?;
-        let h = self.norm_out.forward(b, &h, true)?;
+        h = self.mid.forward(b, &h)?;
+        h = self.norm_out.forward(b, &h, true)?;
         let moments = self.conv_out.forward(b, &h)?;
+        drop(h);
         match &self.quant_conv {
             Some(conv) => conv.forward(b, &moments),
             None => Ok(moments),
