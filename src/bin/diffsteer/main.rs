@@ -6,6 +6,7 @@ mod bench;
 mod eval;
 mod generate;
 mod selftest;
+mod tokenize;
 mod usage_error;
 
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Selftest(args) => selftest::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
