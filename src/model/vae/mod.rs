@@ -3,6 +3,7 @@
 //! into images, [`Vae::encode`] turns images into a latent distribution (img2img).
 //!
 //! ```no_run
+//! use diffsteer::backend::Backend;
 //! use diffsteer::model::vae::{Vae, VaeParts};
 //! use diffsteer::CpuBackend;
 //! # fn main() -> diffsteer::Result<()> {
