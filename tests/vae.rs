@@ -102,17 +102,16 @@ fn decoder_only_loads_and_decodes_the_same_but_cannot_encode() {
     assert_eq!(a, b);
     let e = decoder
         .encode(&cpu, &latents)
-        .err()
-        .expect("no encoder")
+        .expect_err("no encoder")
         .to_string();
     assert!(e.contains("without its encoder"), "{e}");
     // A latent with the wrong channel count, or a NaN, is refused.
     let bad = cpu.tensor(&[1, 2, 2, 3], vec![0.0; 12]).expect("bad");
-    let e = full.decode(&cpu, &bad).err().expect("refused").to_string();
+    let e = full.decode(&cpu, &bad).expect_err("refused").to_string();
     assert!(e.contains("[n, h, w, 4]"), "{e}");
     let nan = cpu
         .tensor(&[1, 1, 1, 4], vec![0.0, f32::NAN, 0.0, 0.0])
         .expect("nan");
-    let e = full.decode(&cpu, &nan).err().expect("refused").to_string();
+    let e = full.decode(&cpu, &nan).expect_err("refused").to_string();
     assert!(e.contains("element 1") && e.contains("NaN"), "{e}");
 }

@@ -181,7 +181,7 @@ pub fn resolve(src: &Sources, vocab: &HashMap<String, u32>) -> Result<SpecialTok
             }
         }
         Some(Value::Null) | None => {
-            if let Some((path, Value::Array(items))) = src.json_added.map(|(p, v)| (p, v)) {
+            if let Some((path, Value::Array(items))) = src.json_added {
                 for (i, value) in items.iter().enumerate() {
                     base.push(parse_spec(
                         path,
