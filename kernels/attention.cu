@@ -4,8 +4,9 @@
 // One warp per (batch, head, query row): each lane scores one key of a 32-key tile,
 // the warp folds the tile into running max / sum, and the value rows are accumulated
 // with the head dimension split across lanes. HEAD_DIM is fixed at compile time
-// (-DHEAD_DIM=40 ...), so SD's 40/80/160 run unpadded.
-// CPU twin: src/backend/cpu/attention.rs.
+// (-DHEAD_DIM=40 ...), so SD's 40/80/160 run unpadded. Built with -DCAUSAL (CLIP's
+// text encoder, lq == lk), query row i reads keys 0..=i only.
+// CPU twins: src/backend/cpu/attention.rs, src/backend/cpu/causal_attention.rs.
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
@@ -50,11 +51,16 @@ attention_scalar(elem_t* __restrict__ out, const elem_t* __restrict__ q, const e
     for (int e = 0; e < PER_LANE; ++e) acc[e] = 0.0f;
     float running_max = NEG_INF;
     float running_sum = 0.0f;
+#ifdef CAUSAL
+    u32 keys = min(lk, row + 1);  // the same for the whole warp: one row per warp
+#else
+    u32 keys = lk;
+#endif
 
-    for (u32 j0 = 0; j0 < lk; j0 += 32) {
+    for (u32 j0 = 0; j0 < keys; j0 += 32) {
         u32 j = j0 + lane;
         float score = NEG_INF;
-        if (j < lk) {
+        if (j < keys) {
             const elem_t* k_row = k_base + (u64)j * width;
             float dot = 0.0f;
 #pragma unroll 8
@@ -62,13 +68,13 @@ attention_scalar(elem_t* __restrict__ out, const elem_t* __restrict__ q, const e
             score = dot * scale;
         }
         float new_max = fmaxf(running_max, warp_max(score));
-        float p = j < lk ? expf(score - new_max) : 0.0f;
+        float p = j < keys ? expf(score - new_max) : 0.0f;
         float correction = expf(running_max - new_max);
         running_sum = running_sum * correction + warp_sum(p);
         running_max = new_max;
 #pragma unroll
         for (int e = 0; e < PER_LANE; ++e) acc[e] *= correction;
-        u32 count = min(32u, lk - j0);
+        u32 count = min(32u, keys - j0);
         for (u32 jj = 0; jj < count; ++jj) {
             float pj = __shfl_sync(FULL_MASK, p, jj);
             const elem_t* v_row = v_base + (u64)(j0 + jj) * width;

@@ -97,6 +97,42 @@ extern "C" __global__ void relu_with_derivative(elem_t* __restrict__ x, elem_t* 
     }
 }
 
+// Exact GELU x * Phi(x) and CLIP's quick GELU x * sigmoid(1.702 x), in place; the
+// _with_derivative forms also write the derivative at the old values to d
+// (Phi(x) + x phi(x); s + 1.702 x s (1 - s) with s = sigmoid(1.702 x)).
+// CPU twins: gelu_assign, quick_gelu_assign in src/backend/cpu/elementwise.rs.
+__device__ __forceinline__ float gelu_value(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+__device__ __forceinline__ float quick_gelu_gate(float v) { return 1.0f / (1.0f + expf(-1.702f * v)); }
+
+extern "C" __global__ void gelu_inplace(elem_t* __restrict__ x, u64 n) {
+    GRID_STRIDE_LOOP(i, n) { x[i] = store_elem(gelu_value(load_elem(x[i]))); }
+}
+
+extern "C" __global__ void gelu_with_derivative(elem_t* __restrict__ x, elem_t* __restrict__ d, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = load_elem(x[i]);
+        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        d[i] = store_elem(cdf + v * 0.3989422804014327f * expf(-0.5f * v * v));
+        x[i] = store_elem(v * cdf);
+    }
+}
+
+extern "C" __global__ void quick_gelu_inplace(elem_t* __restrict__ x, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = load_elem(x[i]);
+        x[i] = store_elem(v * quick_gelu_gate(v));
+    }
+}
+
+extern "C" __global__ void quick_gelu_with_derivative(elem_t* __restrict__ x, elem_t* __restrict__ d, u64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = load_elem(x[i]);
+        float s = quick_gelu_gate(v);
+        d[i] = store_elem(s + 1.702f * v * s * (1.0f - s));
+        x[i] = store_elem(v * s);
+    }
+}
+
 // x <- x * y
 extern "C" __global__ void mul_inplace(elem_t* __restrict__ x, const elem_t* __restrict__ y, u64 n) {
     GRID_STRIDE_LOOP(i, n) { x[i] = store_elem(load_elem(x[i]) * load_elem(y[i])); }

@@ -46,7 +46,9 @@ pub use backend::Backend;
 pub use error::{Error, Result};
 pub use guidance::{Guidance, GuidanceInterval};
 pub use image::Image8;
-pub use model::{ModelFolder, UNet};
+pub use model::clip::{ClipTokenizer, TextEncoder};
+pub use model::vae::{Vae, VaeParts};
+pub use model::{ModelFolder, PipelineFolder, UNet};
 pub use sampler::{
     Alignment, Condition, NoiseSource, PhiloxNoise, SampleOutput, SampleSpec, Sampler, StepPath,
     StepProgress,

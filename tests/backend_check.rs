@@ -32,9 +32,10 @@ fn run_checks(backend: Arc<dyn Backend>, precision: Precision) -> Vec<CheckResul
 }
 
 /// Every line compared something (the plain CPU subject has no device lines): the
-/// 27 op cases at `Sizes::Small` and the fused step.
+/// 33 op cases at `Sizes::Small` (6 of them the text encoder's and VAE's) and the
+/// fused step.
 fn assert_all_compared(results: &[CheckResult]) {
-    assert_eq!(results.len(), 28, "checks run");
+    assert_eq!(results.len(), 34, "checks run");
     for r in results {
         assert!(
             r.rel_l2.is_some() && r.tolerance.is_some(),
@@ -154,6 +155,10 @@ impl Backend for SiluIsIdentity {
 
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
         self.0.attention(q, k, v, heads)
+    }
+
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        self.0.causal_attention(q, k, v, heads)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {

@@ -1148,3 +1148,172 @@ fn other_kernels_bf16() {
     elementwise_16(Precision::BF16);
     patches_16(Precision::BF16);
 }
+
+// ---- the text encoder's and VAE's kernels (causal attention, GELU family, d512) ---------
+
+/// kernels/attention.cu with `defines` in `precision` against `op` on the CPU backend
+/// (and, in 16 bits, within twice the plain same-precision error), launched as the
+/// backend launches the scalar kernel: one warp per (image, head, query row), four
+/// warps a block.
+fn scalar_attention_case(
+    precision: Precision,
+    defines: Vec<String>,
+    (batch, heads, lq, lk, head_dim): (usize, usize, usize, usize, usize),
+    causal: bool,
+) {
+    let mut defines = defines;
+    defines.push(elem_define(precision));
+    let m = module("attention", &defines);
+    let width = heads * head_dim;
+    let lens = [batch * lq * width, batch * lk * width, batch * lk * width];
+    let warps = batch * heads * lq;
+    let grid = (warps.div_ceil(4) as u32, 1, 1);
+    let op = |b: &dyn Backend, v: &[Vec<f32>]| {
+        let t = |data: &[f32], l| host_tensor(b, &[batch, l, width], data);
+        let (q, k, vv) = (t(&v[0], lq), t(&v[1], lk), t(&v[2], lk));
+        let o = if causal {
+            b.causal_attention(&q, &k, &vv, heads)
+        } else {
+            b.attention(&q, &k, &vv, heads)
+        };
+        host_values(b, &o.expect("attention"))
+    };
+    let what = format!("attention {defines:?} b{batch} h{heads} {lq}x{lk}");
+    if precision == Precision::F32 {
+        let mut v: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| random(n, 60 + i as u64))
+            .collect();
+        let mut out = vec![f32::NAN; lens[0]];
+        let addrs = [
+            out.as_mut_ptr() as usize,
+            v[0].as_mut_ptr() as usize,
+            v[1].as_mut_ptr() as usize,
+            v[2].as_mut_ptr() as usize,
+        ];
+        launch_attention(
+            &m,
+            "attention_scalar",
+            grid,
+            128,
+            Copies::AtWait,
+            addrs,
+            (batch, heads, lq, lk),
+            head_dim,
+        );
+        let err = rel_l2(&out, &op(&CpuBackend::new(), &v));
+        assert!(err <= 1e-6, "{what}: {err:.3e}");
+        eprintln!("{what}: {err:.2e}");
+    } else {
+        let mut inputs = Inputs16::new(precision, &lens, 60);
+        let mut out = Halves::filled(lens[0], nan_bits(precision));
+        let addrs = [out.addr(), inputs.addr(0), inputs.addr(1), inputs.addr(2)];
+        launch_attention(
+            &m,
+            "attention_scalar",
+            grid,
+            128,
+            Copies::AtWait,
+            addrs,
+            (batch, heads, lq, lk),
+            head_dim,
+        );
+        inputs.check(&what, &mut out, op);
+    }
+}
+
+#[test]
+fn causal_attention_kernel_matches_the_cpu() {
+    use diffsteer::backend::cuda::kernels::causal_attention_defines;
+    // 37 tokens: a full 32-key tile and a partial one; rows below and above 32.
+    for p in Precision::ALL {
+        scalar_attention_case(p, causal_attention_defines(64), (1, 2, 37, 37, 64), true);
+    }
+    // A second image: the mask restarts at each image's first row.
+    scalar_attention_case(
+        Precision::F32,
+        causal_attention_defines(16),
+        (2, 1, 35, 35, 16),
+        true,
+    );
+}
+
+#[test]
+fn vae_attention_head_dim_512_matches_the_cpu() {
+    scalar_attention_case(
+        Precision::F32,
+        head_dim_define(512),
+        (1, 1, 9, 40, 512),
+        false,
+    );
+    scalar_attention_case(
+        Precision::BF16,
+        head_dim_define(512),
+        (1, 1, 5, 33, 512),
+        false,
+    );
+}
+
+#[test]
+fn gelu_family_kernels_match_the_cpu() {
+    let n = 1000;
+    let x = random(n, 25);
+    for p in Precision::ALL {
+        let m = module("elementwise", &[elem_define(p)]);
+        for (act, name) in [
+            (Activation::Gelu, "gelu"),
+            (Activation::QuickGelu, "quick_gelu"),
+        ] {
+            let op = |b: &dyn Backend, v: &[Vec<f32>], derivative: bool| {
+                let mut t = host_tensor(b, &[n], &v[0]);
+                let d = b
+                    .activation_assign(&mut t, act, derivative)
+                    .expect("activation");
+                match d {
+                    Some(d) => host_values(b, &d),
+                    None => host_values(b, &t),
+                }
+            };
+            if p == Precision::F32 {
+                let cpu = CpuBackend::new();
+                let inplace: unsafe extern "C" fn(usize, u64) =
+                    m.symbol(&format!("{name}_inplace"));
+                let with_d: unsafe extern "C" fn(usize, usize, u64) =
+                    m.symbol(&format!("{name}_with_derivative"));
+                let mut got = x.clone();
+                let xa = got.as_mut_ptr() as usize;
+                m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+                    inplace(xa, n as u64)
+                });
+                let want = op(&cpu, std::slice::from_ref(&x), false);
+                assert!(
+                    rel_l2(&got, &want) <= 1e-6,
+                    "{name}_inplace: {:.3e}",
+                    rel_l2(&got, &want)
+                );
+                let (mut got_x, mut got_d) = (x.clone(), vec![f32::NAN; n]);
+                let (xa, da) = (got_x.as_mut_ptr() as usize, got_d.as_mut_ptr() as usize);
+                m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+                    with_d(xa, da, n as u64)
+                });
+                let want_d = op(&cpu, std::slice::from_ref(&x), true);
+                for (what, got, want) in [("value", &got_x, &want), ("derivative", &got_d, &want_d)]
+                {
+                    let err = rel_l2(got, want);
+                    assert!(err <= 1e-6, "{name}_with_derivative {what}: {err:.3e}");
+                }
+            } else {
+                let inputs = Inputs16::new(p, &[n], 26);
+                let inplace: unsafe extern "C" fn(usize, u64) =
+                    m.symbol(&format!("{name}_inplace"));
+                let mut out = Halves::encode(p, &inputs.values[0]);
+                let xa = out.addr();
+                m.launch(SMALL_GRID, SMALL_BLOCK, Copies::AtWait, &|| unsafe {
+                    inplace(xa, n as u64)
+                });
+                inputs.check(&format!("{name}_inplace"), &mut out, |b, v| op(b, v, false));
+            }
+        }
+    }
+}

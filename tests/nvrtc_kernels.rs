@@ -6,8 +6,9 @@
 #![cfg(feature = "cuda")]
 
 use diffsteer::backend::cuda::kernels::{
-    compile_with_report, elem_define, head_dim_define, KernelSource, ALL, ATTENTION,
-    ATTENTION_HEAD_DIMS, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS, TENSOR_CORE_ONLY,
+    causal_attention_defines, compile_with_report, elem_define, head_dim_define, KernelSource, ALL,
+    ATTENTION, ATTENTION_HEAD_DIMS, ATTENTION_MMA, ATTENTION_MMA_HEAD_DIMS,
+    CAUSAL_ATTENTION_HEAD_DIMS, TENSOR_CORE_ONLY,
 };
 use diffsteer::tensor::Precision;
 
@@ -34,6 +35,12 @@ fn every_kernel_compiles_for_sm90_and_sm80_without_spills() {
             ATTENTION_HEAD_DIMS
                 .iter()
                 .map(|&d| (&ATTENTION, with_elem(head_dim_define(d), p))),
+        );
+        // The text encoder's causal attention build.
+        builds.extend(
+            CAUSAL_ATTENTION_HEAD_DIMS
+                .iter()
+                .map(|&d| (&ATTENTION, with_elem(causal_attention_defines(d), p))),
         );
         if p != Precision::F32 {
             builds.extend(

@@ -152,6 +152,15 @@ impl Backend for CountingBackend<'_> {
             || self.inner.attention(q, k, v, heads),
         )
     }
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        // About half the scores of full attention are computed.
+        let lk = k.shape().get(1).copied().unwrap_or(0);
+        self.record(
+            "causal attention",
+            |out: &Tensor| 2 * out.len() * (lk + 1),
+            || self.inner.causal_attention(q, k, v, heads),
+        )
+    }
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
         self.record("geglu", none, || self.inner.geglu(x))
     }

@@ -31,11 +31,16 @@ pub struct ConvEpilogue<'a> {
     pub residual: Option<(&'a Tensor, f32)>,
 }
 
-/// The activations of the reward models' layers (see [`Backend::activation_assign`]).
+/// Elementwise activations (see [`Backend::activation_assign`]): the reward models'
+/// SiLU and ReLU, and the CLIP text encoders' GELU (SD 2.x) and quick GELU (SD 1.x).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Silu,
     Relu,
+    /// Exact GELU, `x·Φ(x)` with the erf-based normal CDF (PyTorch's `gelu`).
+    Gelu,
+    /// CLIP's `x·σ(1.702·x)` (transformers' `quick_gelu`).
+    QuickGelu,
 }
 
 /// Stride and zero padding of a 2-D convolution (padding may be asymmetric, as
@@ -136,6 +141,11 @@ pub trait Backend: Send + Sync {
     /// `q`: `[b, lq, heads·d]`, `k` and `v`: `[b, lk, heads·d]`; returns `[b, lq, heads·d]`.
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>;
 
+    /// [`Backend::attention`] with a causal mask, for self-attention over a token
+    /// sequence (CLIP's text encoder): query `i` attends to keys `0..=i` only. `q`, `k`
+    /// and `v` are all `[b, l, heads·d]`.
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>;
+
     /// GEGLU: the last dimension `2f` splits into `[hidden, gate]`; returns
     /// `hidden · gelu(gate)` (exact, erf-based GELU) of size `f`.
     fn geglu(&self, x: &Tensor) -> Result<Tensor>;
@@ -172,7 +182,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// `x ← act(x)`; with `derivative`, also returns act′ at the old values (SiLU:
-    /// σ(x)·(1 + x·(1 − σ(x))); ReLU: 1 where x > 0, else 0) for a backward pass.
+    /// σ(x)·(1 + x·(1 − σ(x))); ReLU: 1 where x > 0, else 0; GELU: Φ(x) + x·φ(x);
+    /// quick GELU: s + 1.702·x·s·(1 − s) with s = σ(1.702·x)) for a backward pass.
     fn activation_assign(
         &self,
         x: &mut Tensor,

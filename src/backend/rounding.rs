@@ -44,6 +44,69 @@ impl RoundingBackend {
     }
 }
 
+impl RoundingBackend {
+    /// A plain `softmax(q·kᵀ/√d)·v` with scores, probabilities and outputs rounded
+    /// to the precision; with `causal`, query `i` sees keys `0..=i` only.
+    fn rounded_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d: &shapes::AttentionDims,
+        causal: bool,
+    ) -> Result<Tensor> {
+        let (qd, kd, vd) = (q.cpu_data()?, k.cpu_data()?, v.cpu_data()?);
+        let p = self.precision;
+        let width = d.heads * d.head_dim;
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        let mut out = vec![0f32; q.len()];
+        // One task per (image, query row); each computes every head of that row.
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(row_index, out_row)| {
+                let b = row_index / d.q_len;
+                let q_row = &qd[row_index * width..(row_index + 1) * width];
+                let visible = if causal {
+                    row_index % d.q_len + 1
+                } else {
+                    d.kv_len
+                };
+                let mut probs = vec![0f32; visible];
+                for h in 0..d.heads {
+                    let cols = h * d.head_dim..(h + 1) * d.head_dim;
+                    let qh = &q_row[cols.clone()];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in probs.iter_mut().enumerate() {
+                        let k_row = &kd[(b * d.kv_len + j) * width..][cols.clone()];
+                        let dot: f32 = qh.iter().zip(k_row).map(|(a, b)| a * b).sum();
+                        *s = p.round(dot * scale);
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0f32;
+                    for s in probs.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    for s in probs.iter_mut() {
+                        *s = p.round(*s / sum);
+                    }
+                    let o = &mut out_row[cols.clone()];
+                    o.fill(0.0);
+                    for (j, &pj) in probs.iter().enumerate() {
+                        let v_row = &vd[(b * d.kv_len + j) * width..][cols.clone()];
+                        for (o, &vv) in o.iter_mut().zip(v_row) {
+                            *o += pj * vv;
+                        }
+                    }
+                    for o in o.iter_mut() {
+                        *o = p.round(*o);
+                    }
+                }
+            });
+        Tensor::from_vec(q.shape(), out)
+    }
+}
+
 impl Backend for RoundingBackend {
     fn name(&self) -> String {
         format!("cpu (rounded to {})", self.precision)
@@ -106,50 +169,12 @@ impl Backend for RoundingBackend {
     /// Scores, then probabilities, then the output, each rounded to the precision.
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
         let d = shapes::attention(q, k, v, heads)?;
-        let (qd, kd, vd) = (q.cpu_data()?, k.cpu_data()?, v.cpu_data()?);
-        let p = self.precision;
-        let width = d.heads * d.head_dim;
-        let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let mut out = vec![0f32; q.len()];
-        // One task per (image, query row); each computes every head of that row.
-        out.par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(row_index, out_row)| {
-                let b = row_index / d.q_len;
-                let q_row = &qd[row_index * width..(row_index + 1) * width];
-                let mut probs = vec![0f32; d.kv_len];
-                for h in 0..d.heads {
-                    let cols = h * d.head_dim..(h + 1) * d.head_dim;
-                    let qh = &q_row[cols.clone()];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in probs.iter_mut().enumerate() {
-                        let k_row = &kd[(b * d.kv_len + j) * width..][cols.clone()];
-                        let dot: f32 = qh.iter().zip(k_row).map(|(a, b)| a * b).sum();
-                        *s = p.round(dot * scale);
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0f32;
-                    for s in probs.iter_mut() {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    for s in probs.iter_mut() {
-                        *s = p.round(*s / sum);
-                    }
-                    let o = &mut out_row[cols.clone()];
-                    o.fill(0.0);
-                    for (j, &pj) in probs.iter().enumerate() {
-                        let v_row = &vd[(b * d.kv_len + j) * width..][cols.clone()];
-                        for (o, &vv) in o.iter_mut().zip(v_row) {
-                            *o += pj * vv;
-                        }
-                    }
-                    for o in o.iter_mut() {
-                        *o = p.round(*o);
-                    }
-                }
-            });
-        Tensor::from_vec(q.shape(), out)
+        self.rounded_attention(q, k, v, &d, false)
+    }
+
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let d = shapes::causal_attention(q, k, v, heads)?;
+        self.rounded_attention(q, k, v, &d, true)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {

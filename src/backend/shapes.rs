@@ -257,6 +257,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Att
     })
 }
 
+/// [`attention`] for self-attention under a causal mask: q, k and v of one shape.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<AttentionDims> {
+    same_shape("causal_attention (q vs k)", q, k)?;
+    attention(q, k, v, heads)
+}
+
 /// Returns (rows, half of the last dimension).
 pub fn geglu(x: &Tensor) -> Result<(usize, usize)> {
     let (rows, cols) = x.rows_cols("geglu")?;

@@ -129,7 +129,7 @@ impl Layer {
     }
 
     fn forward(&self, cx: &ForwardContext, x: &Tensor) -> Result<Tensor> {
-        let h = self.resnet.forward(cx.backend, x, cx.temb_act)?;
+        let h = self.resnet.forward(cx.backend, x, Some(cx.temb_act))?;
         match &self.mixer {
             Some(m) => m.forward(cx, &h),
             None => Ok(h),
@@ -146,7 +146,7 @@ fn resnet_spec(
     ResnetSpec {
         in_channels,
         out_channels,
-        temb_channels: bc.temb_channels,
+        temb_channels: Some(bc.temb_channels),
         groups: bc.groups,
         eps: bc.eps,
         output_scale_factor,
@@ -248,13 +248,13 @@ impl MidBlock {
     }
 
     pub fn forward(&self, cx: &ForwardContext, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.first.forward(cx.backend, x, cx.temb_act)?;
+        let mut h = self.first.forward(cx.backend, x, Some(cx.temb_act))?;
         // In the mid block the mixer comes BEFORE each further ResNet.
         for layer in &self.layers {
             if let Some(m) = &layer.mixer {
                 h = m.forward(cx, &h)?;
             }
-            h = layer.resnet.forward(cx.backend, &h, cx.temb_act)?;
+            h = layer.resnet.forward(cx.backend, &h, Some(cx.temb_act))?;
         }
         Ok(h)
     }

@@ -106,8 +106,9 @@ pub struct WeightSpec {
     pub init: Init,
 }
 
+/// The tensors of a model being described, in load order (shared with `vae::preset`).
 #[derive(Default)]
-struct Specs(Vec<WeightSpec>);
+pub(crate) struct Specs(pub(crate) Vec<WeightSpec>);
 
 impl Specs {
     fn push(&mut self, name: String, shape: Vec<usize>, init: Init) {
@@ -115,7 +116,7 @@ impl Specs {
     }
 
     /// A weight `shape` (fan-in = all but the first dimension) and, optionally, its bias.
-    fn layer(&mut self, p: &str, shape: Vec<usize>, bias: bool) {
+    pub(crate) fn layer(&mut self, p: &str, shape: Vec<usize>, bias: bool) {
         let fan_in: usize = shape[1..].iter().product();
         let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
         let out = shape[0];
@@ -125,20 +126,20 @@ impl Specs {
         }
     }
 
-    fn linear(&mut self, p: &str, fin: usize, fout: usize, bias: bool) {
+    pub(crate) fn linear(&mut self, p: &str, fin: usize, fout: usize, bias: bool) {
         self.layer(p, vec![fout, fin], bias);
     }
 
-    fn conv(&mut self, p: &str, cin: usize, cout: usize, k: usize) {
+    pub(crate) fn conv(&mut self, p: &str, cin: usize, cout: usize, k: usize) {
         self.layer(p, vec![cout, cin, k, k], true);
     }
 
-    fn norm(&mut self, p: &str, channels: usize) {
+    pub(crate) fn norm(&mut self, p: &str, channels: usize) {
         self.push(format!("{p}.weight"), vec![channels], Init::Ones);
         self.push(format!("{p}.bias"), vec![channels], Init::Zeros);
     }
 
-    fn resnet(&mut self, p: &str, cin: usize, cout: usize, temb: usize) {
+    pub(crate) fn resnet(&mut self, p: &str, cin: usize, cout: usize, temb: usize) {
         self.norm(&format!("{p}.norm1"), cin);
         self.conv(&format!("{p}.conv1"), cin, cout, 3);
         self.linear(&format!("{p}.time_emb_proj"), temb, cout, true);
@@ -149,7 +150,14 @@ impl Specs {
         }
     }
 
-    fn attention(&mut self, p: &str, query: usize, context: usize, inner: usize, qkv_bias: bool) {
+    pub(crate) fn attention(
+        &mut self,
+        p: &str,
+        query: usize,
+        context: usize,
+        inner: usize,
+        qkv_bias: bool,
+    ) {
         self.linear(&format!("{p}.to_q"), query, inner, qkv_bias);
         self.linear(&format!("{p}.to_k"), context, inner, qkv_bias);
         self.linear(&format!("{p}.to_v"), context, inner, qkv_bias);
@@ -304,10 +312,15 @@ fn values_bf16(spec: &WeightSpec, seed: u64, index: usize) -> Vec<u16> {
 
 /// Writes random weights for `config` as a BF16 safetensors file at `path`.
 pub fn write_random_weights(config: &UNetConfig, path: &Path, seed: u64) -> Result<()> {
-    let specs = weight_specs(config);
+    write_random_specs(&weight_specs(config), path, seed)
+}
+
+/// Writes the tensors `specs` describes, with values drawn from `seed`, as a BF16
+/// safetensors file at `path` (any model's preset: see also `vae::preset`).
+pub fn write_random_specs(specs: &[WeightSpec], path: &Path, seed: u64) -> Result<()> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
-    for w in &specs {
+    for w in specs {
         let bytes = 2 * w.shape.iter().product::<usize>();
         header.insert(
             w.name.clone(),
@@ -334,7 +347,7 @@ pub fn write_random_weights(config: &UNetConfig, path: &Path, seed: u64) -> Resu
 }
 
 /// A fresh folder under the system's temporary directory.
-fn temp_folder() -> Result<PathBuf> {
+pub(crate) fn temp_folder() -> Result<PathBuf> {
     let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let nanos = std::time::SystemTime::now()

@@ -1,15 +1,16 @@
-//! diffusers' `ResnetBlock2D` (time-embedding norm "default", SiLU).
+//! diffusers' `ResnetBlock2D` (time-embedding norm "default", SiLU), with a time
+//! embedding (U-Nets) or without one (the VAE's blocks, `temb_channels=None`).
 
 use super::layers::{Conv2d, GroupNorm, Linear};
 use super::weights::Scope;
 use crate::backend::{Backend, Conv2dGeometry, ConvEpilogue};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 pub struct ResnetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Linear,
+    time_emb_proj: Option<Linear>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -19,7 +20,8 @@ pub struct ResnetBlock {
 pub struct ResnetSpec {
     pub in_channels: usize,
     pub out_channels: usize,
-    pub temb_channels: usize,
+    /// `None`: no time embedding (the VAE).
+    pub temb_channels: Option<usize>,
     pub groups: usize,
     pub eps: f64,
     pub output_scale_factor: f64,
@@ -32,12 +34,10 @@ impl ResnetBlock {
         Ok(ResnetBlock {
             norm1: GroupNorm::load(b, &s.sub("norm1"), spec.groups, cin, spec.eps)?,
             conv1: Conv2d::load(b, &s.sub("conv1"), (cin, cout, 3), same, true)?,
-            time_emb_proj: Linear::load(
-                b,
-                &s.sub("time_emb_proj"),
-                (spec.temb_channels, cout),
-                true,
-            )?,
+            time_emb_proj: spec
+                .temb_channels
+                .map(|t| Linear::load(b, &s.sub("time_emb_proj"), (t, cout), true))
+                .transpose()?,
             norm2: GroupNorm::load(b, &s.sub("norm2"), spec.groups, cout, spec.eps)?,
             conv2: Conv2d::load(b, &s.sub("conv2"), (cout, cout, 3), same, true)?,
             conv_shortcut: if cin != cout {
@@ -56,26 +56,50 @@ impl ResnetBlock {
     }
 
     /// `temb_act` is SiLU(time embedding), `[batch, temb_channels]`, shared by all
-    /// ResNets of a forward pass.
-    pub fn forward(&self, b: &dyn Backend, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.norm1.forward(b, x, true)?;
-        let t = self.time_emb_proj.forward(b, temb_act)?;
+    /// ResNets of a forward pass; `None` for a block without a time embedding.
+    pub fn forward(
+        &self,
+        b: &dyn Backend,
+        x: &Tensor,
+        temb_act: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // Each intermediate is dropped as soon as the next exists (a VAE's full-size
+        // activations are hundreds of megabytes each).
+        let normed = self.norm1.forward(b, x, true)?;
+        let t = match (&self.time_emb_proj, temb_act) {
+            (Some(proj), Some(temb)) => Some(proj.forward(b, temb)?),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "time embedding",
+                    "this ResNet block projects a time embedding; none was given",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    "time embedding",
+                    "this ResNet block has no time embedding projection (a VAE block)",
+                ))
+            }
+        };
         let h = self.conv1.forward_with(
             b,
-            &h,
+            &normed,
             ConvEpilogue {
-                sample_bias: Some(&t),
+                sample_bias: t.as_ref(),
                 residual: None,
             },
         )?;
-        let h = self.norm2.forward(b, &h, true)?;
+        drop(normed);
+        let normed = self.norm2.forward(b, &h, true)?;
+        drop(h);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => Some(conv.forward(b, x)?),
             None => None,
         };
         self.conv2.forward_with(
             b,
-            &h,
+            &normed,
             ConvEpilogue {
                 sample_bias: None,
                 residual: Some((shortcut.as_ref().unwrap_or(x), self.output_scale)),

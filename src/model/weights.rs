@@ -155,6 +155,32 @@ impl WeightFile {
         Ok(values)
     }
 
+    /// Reads integer tensor `name`, requiring exactly `shape`, and marks it used
+    /// (e.g. a saved `position_ids` buffer).
+    pub fn take_i64(&self, name: &str, shape: &[usize]) -> Result<Vec<i64>> {
+        let (found, values) = self.read_i64(name)?;
+        if found != shape {
+            return Err(Error::tensor(
+                &self.path,
+                name,
+                format!("has shape {found:?}, expected {shape:?} from the model config"),
+            ));
+        }
+        self.used.borrow_mut().insert(name.to_string());
+        Ok(values)
+    }
+
+    /// Marks every tensor whose name starts with `prefix` as accounted for without
+    /// reading it: a part of the model deliberately left unloaded (a VAE's encoder).
+    pub fn skip_prefix(&self, prefix: &str) {
+        let mut used = self.used.borrow_mut();
+        for name in self.names() {
+            if name.starts_with(prefix) {
+                used.insert(name);
+            }
+        }
+    }
+
     /// An error if any tensor was never taken: a file with extra tensors is for a
     /// different model than the config describes.
     pub fn ensure_all_used(&self) -> Result<()> {

@@ -298,6 +298,58 @@ fn concat(a: [usize; 4], c_b: usize) -> OpCase {
     )
 }
 
+/// The ops the CLIP text encoder and the VAE add: causal attention over `tokens`
+/// tokens with `heads` heads of `d` (a batch of 2 prompts), the GELU family with and
+/// without derivatives on `[2, tokens, mlp]`, and the VAE mid block's single head of
+/// `vae_d` over `vae_tokens` positions.
+fn text_and_vae(
+    (tokens, heads, d): (usize, usize, usize),
+    mlp: usize,
+    (vae_tokens, vae_d): (usize, usize),
+) -> Vec<OpCase> {
+    let w = heads * d;
+    let mut cases = vec![OpCase::new(
+        format!("causal attention d{d} {tokens}×{tokens}"),
+        &[&[2, tokens, w], &[2, tokens, w], &[2, tokens, w]],
+        1100,
+        Work::Flops((2 * 2 * heads * tokens * (tokens + 1) * d) as f64),
+        move |b, t| b.causal_attention(&t[0], &t[1], &t[2], heads).map(Some),
+    )];
+    let x = [2, tokens, mlp];
+    let bytes = (4 * numel(&x)) as f64;
+    for (name, act) in [
+        ("gelu", Activation::Gelu),
+        ("quick gelu", Activation::QuickGelu),
+    ] {
+        cases.push(OpCase::new(
+            format!("{name} (in place)"),
+            &[&x],
+            1110,
+            Work::Bytes(bytes * 2.0),
+            move |b, t| {
+                b.activation_assign(&mut t[0], act, false)?;
+                Ok(None)
+            },
+        ));
+        cases.push(OpCase::new(
+            format!("{name} derivative"),
+            &[&x],
+            1110,
+            Work::Bytes(bytes * 3.0),
+            move |b, t| b.activation_assign(&mut t[0], act, true),
+        ));
+    }
+    let v: &[usize] = &[1, vae_tokens, vae_d];
+    cases.push(OpCase::new(
+        format!("attention d{vae_d} {vae_tokens}×{vae_tokens} (VAE)"),
+        &[v, v, v],
+        1120,
+        Work::Flops((4 * vae_tokens * vae_tokens * vae_d) as f64),
+        |b, t| b.attention(&t[0], &t[1], &t[2], 1).map(Some),
+    ));
+    cases
+}
+
 /// Every op of the [`Backend`] trait (conv paths, attention head dims and the
 /// reward classifier's forward and backward ops included), at `sizes`.
 pub(super) fn op_cases(sizes: Sizes) -> Vec<OpCase> {
@@ -370,6 +422,9 @@ pub(super) fn op_cases(sizes: Sizes) -> Vec<OpCase> {
             cases.extend(activations([32, 28, 28, 32]));
             cases.extend(avg_pool([32, 29, 27, 32]));
             cases.extend([col2im([32, 14, 14, 32]), concat([2, 32, 32, 320], 640)]);
+            // CLIP ViT-L/14's shape; a 32×32 latent (256² images) keeps the plain
+            // 16-bit VAE reference quick.
+            cases.extend(text_and_vae((77, 12, 64), 3072, (1024, 512)));
         }
         Sizes::Small => {
             cases.extend([
@@ -406,6 +461,7 @@ pub(super) fn op_cases(sizes: Sizes) -> Vec<OpCase> {
             cases.extend(activations([4, 7, 7, 8]));
             cases.extend(avg_pool([4, 9, 7, 8]));
             cases.extend([col2im([4, 6, 6, 8]), concat([2, 4, 4, 8], 16)]);
+            cases.extend(text_and_vae((9, 2, 8), 32, (16, 24)));
         }
     }
     cases

@@ -11,6 +11,57 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// GELU's derivative Φ(x) + x·φ(x).
+#[inline]
+fn gelu_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+        + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+/// CLIP's quick GELU factor: σ(1.702·x), as transformers computes it.
+#[inline]
+fn quick_gelu_gate(x: f32) -> f32 {
+    1.0 / (1.0 + (-1.702 * x).exp())
+}
+
+/// `x ← gelu(x)` (exact); with `derivative`, also GELU′ at the old values.
+pub fn gelu_assign(x: &mut [f32], derivative: Option<&mut [f32]>) {
+    match derivative {
+        None => x
+            .par_chunks_mut(CHUNK)
+            .for_each(|x| x.iter_mut().for_each(|v| *v = gelu(*v))),
+        Some(d) => x
+            .par_chunks_mut(CHUNK)
+            .zip(d.par_chunks_mut(CHUNK))
+            .for_each(|(x, d)| {
+                for (v, d) in x.iter_mut().zip(d) {
+                    *d = gelu_derivative(*v);
+                    *v = gelu(*v);
+                }
+            }),
+    }
+}
+
+/// `x ← x·σ(1.702·x)`; with `derivative`, also s + 1.702·x·s·(1 − s) at the old values.
+pub fn quick_gelu_assign(x: &mut [f32], derivative: Option<&mut [f32]>) {
+    match derivative {
+        None => x
+            .par_chunks_mut(CHUNK)
+            .for_each(|x| x.iter_mut().for_each(|v| *v *= quick_gelu_gate(*v))),
+        Some(d) => x
+            .par_chunks_mut(CHUNK)
+            .zip(d.par_chunks_mut(CHUNK))
+            .for_each(|(x, d)| {
+                for (v, d) in x.iter_mut().zip(d) {
+                    let s = quick_gelu_gate(*v);
+                    *d = s + 1.702 * *v * s * (1.0 - s);
+                    *v *= s;
+                }
+            }),
+    }
+}
+
 pub fn silu_assign(x: &mut [f32]) {
     x.par_chunks_mut(CHUNK).for_each(super::vmath::silu_slice);
 }
@@ -127,4 +178,49 @@ pub fn concat_channels(a: &[f32], ca: usize, b: &[f32], cb: usize, pixels: usize
             }
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GELU and quick GELU against f64 formulas, their derivatives against central
+    /// differences of those formulas.
+    #[test]
+    fn gelu_family_values_and_derivatives() {
+        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.02).collect();
+        let gelu64 = |x: f64| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        let quick64 = |x: f64| x / (1.0 + (-1.702 * x).exp());
+        for (name, apply, f) in [
+            (
+                "gelu",
+                gelu_assign as fn(&mut [f32], Option<&mut [f32]>),
+                &gelu64 as &dyn Fn(f64) -> f64,
+            ),
+            ("quick_gelu", quick_gelu_assign, &quick64),
+        ] {
+            let mut values = xs.clone();
+            let mut derivative = vec![f32::NAN; xs.len()];
+            apply(&mut values, Some(&mut derivative));
+            let mut plain = xs.clone();
+            apply(&mut plain, None);
+            assert_eq!(
+                values, plain,
+                "{name}: the value is the same with or without the derivative"
+            );
+            for ((&x, &v), &d) in xs.iter().zip(&values).zip(&derivative) {
+                let x = x as f64;
+                let h = 1e-4;
+                let want_d = (f(x + h) - f(x - h)) / (2.0 * h);
+                assert!(
+                    (v as f64 - f(x)).abs() <= 1e-6 * f(x).abs().max(1.0),
+                    "{name}({x}) = {v}"
+                );
+                assert!(
+                    (d as f64 - want_d).abs() <= 1e-5,
+                    "{name}'({x}) = {d}, want {want_d}"
+                );
+            }
+        }
+    }
 }

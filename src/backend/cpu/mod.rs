@@ -5,6 +5,7 @@
 mod attention;
 mod attention_simd;
 mod busy_workers;
+mod causal_attention;
 mod col2im;
 mod conv;
 pub mod elementwise;
@@ -161,6 +162,13 @@ impl Backend for CpuBackend {
         Tensor::from_vec(q.shape(), out)
     }
 
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let dims = shapes::causal_attention(q, k, v, heads)?;
+        let out =
+            causal_attention::causal_attention(q.cpu_data()?, k.cpu_data()?, v.cpu_data()?, &dims);
+        Tensor::from_vec(q.shape(), out)
+    }
+
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
         let (_, half) = shapes::geglu(x)?;
         let out = elementwise::geglu(x.cpu_data()?, half);
@@ -198,6 +206,21 @@ impl Backend for CpuBackend {
                 let mut d = crate::tensor::pool::for_overwrite(data.len());
                 elementwise::relu_assign(data, Some(&mut d));
                 Tensor::from_vec(&shape, d).map(Some)
+            }
+            (Activation::Gelu | Activation::QuickGelu, derivative) => {
+                let apply = if act == Activation::Gelu {
+                    elementwise::gelu_assign
+                } else {
+                    elementwise::quick_gelu_assign
+                };
+                if derivative {
+                    let mut d = crate::tensor::pool::for_overwrite(data.len());
+                    apply(data, Some(&mut d));
+                    Tensor::from_vec(&shape, d).map(Some)
+                } else {
+                    apply(data, None);
+                    Ok(None)
+                }
             }
         }
     }

@@ -11,9 +11,10 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
 use super::kernels::{
-    attention_mma_block_q, conv_geometry_args, conv_mma_tiles, elem_define, head_dim_define,
-    pool_geometry_args, KernelSource, ATTENTION, ATTENTION_MMA, ATTENTION_MMA_THREADS, CONV,
-    CONV_MMA, CONV_MMA_THREADS, ELEMENTWISE, GUIDED_STEP, GUIDED_STEP_THREADS, NORM, POOL,
+    attention_mma_block_q, causal_attention_defines, conv_geometry_args, conv_mma_tiles,
+    elem_define, head_dim_define, pool_geometry_args, KernelSource, ATTENTION, ATTENTION_MMA,
+    ATTENTION_MMA_THREADS, CONV, CONV_MMA, CONV_MMA_THREADS, ELEMENTWISE, GUIDED_STEP,
+    GUIDED_STEP_THREADS, NORM, POOL,
 };
 use crate::backend::guided_step::{check_step, kernel_tables};
 use crate::backend::shapes::{self, ConvDims};
@@ -475,6 +476,75 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// kernels/attention_mma.cu or kernels/attention.cu over checked dims; `causal`
+    /// (query `i` sees keys `0..=i`) always takes attention.cu's causal build.
+    fn launch_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        d: &shapes::AttentionDims,
+        causal: bool,
+    ) -> Result<Tensor> {
+        let mut out = self.output(q.len())?;
+        let (b32, lq32, lk32, h32) = (
+            d.batch as u32,
+            d.q_len as u32,
+            d.kv_len as u32,
+            d.heads as u32,
+        );
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        // Its grid's y and z count heads and images, each at most 65535.
+        let tensor_cores = !causal
+            && self.tensor_core_attention(d.head_dim)
+            && d.batch <= 65535
+            && d.heads <= 65535;
+        let (kernel, name) = if tensor_cores {
+            (&ATTENTION_MMA, "attention_mma")
+        } else {
+            (&ATTENTION, "attention_scalar")
+        };
+        let defines = if causal {
+            causal_attention_defines(d.head_dim)
+        } else {
+            head_dim_define(d.head_dim)
+        };
+        let f = self.function(kernel, defines, name)?;
+        let mut l = self.device.stream().launch_builder(&f);
+        l.arg(&mut out)
+            .arg(self.data(q)?)
+            .arg(self.data(k)?)
+            .arg(self.data(v)?)
+            .arg(&b32)
+            .arg(&lq32)
+            .arg(&lk32)
+            .arg(&h32)
+            .arg(&scale);
+        let cfg = if tensor_cores {
+            // Static shared memory only.
+            let block_q = attention_mma_block_q(d.head_dim);
+            LaunchConfig {
+                grid_dim: (d.q_len.div_ceil(block_q) as u32, h32, b32),
+                block_dim: (ATTENTION_MMA_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            // One warp per (image, head, query row).
+            let warps = (d.batch * d.heads * d.q_len) as u64;
+            LaunchConfig {
+                grid_dim: (warps.div_ceil(4) as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        };
+        // SAFETY: the buffers hold the checked shapes; each kernel bounds its rows by
+        // lq and lk and its columns by heads · HEAD_DIM.
+        drv(&format!("launching {name}"), unsafe { l.launch(cfg) })?;
+        Tensor::from_cuda(q.shape(), out)
+    }
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         match self.precision {
@@ -638,54 +708,12 @@ impl Backend for CudaBackend {
 
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
         let d = shapes::attention(q, k, v, heads)?;
-        let mut out = self.output(q.len())?;
-        let (b32, lq32, lk32, h32) = (
-            d.batch as u32,
-            d.q_len as u32,
-            d.kv_len as u32,
-            d.heads as u32,
-        );
-        let scale = 1.0 / (d.head_dim as f32).sqrt();
-        // Its grid's y and z count heads and images, each at most 65535.
-        let tensor_cores =
-            self.tensor_core_attention(d.head_dim) && d.batch <= 65535 && d.heads <= 65535;
-        let (kernel, name) = if tensor_cores {
-            (&ATTENTION_MMA, "attention_mma")
-        } else {
-            (&ATTENTION, "attention_scalar")
-        };
-        let f = self.function(kernel, head_dim_define(d.head_dim), name)?;
-        let mut l = self.device.stream().launch_builder(&f);
-        l.arg(&mut out)
-            .arg(self.data(q)?)
-            .arg(self.data(k)?)
-            .arg(self.data(v)?)
-            .arg(&b32)
-            .arg(&lq32)
-            .arg(&lk32)
-            .arg(&h32)
-            .arg(&scale);
-        let cfg = if tensor_cores {
-            // Static shared memory only.
-            let block_q = attention_mma_block_q(d.head_dim);
-            LaunchConfig {
-                grid_dim: (d.q_len.div_ceil(block_q) as u32, h32, b32),
-                block_dim: (ATTENTION_MMA_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        } else {
-            // One warp per (image, head, query row).
-            let warps = (d.batch * d.heads * d.q_len) as u64;
-            LaunchConfig {
-                grid_dim: (warps.div_ceil(4) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        };
-        // SAFETY: the buffers hold the checked shapes; each kernel bounds its rows by
-        // lq and lk and its columns by heads · HEAD_DIM.
-        drv(&format!("launching {name}"), unsafe { l.launch(cfg) })?;
-        Tensor::from_cuda(q.shape(), out)
+        self.launch_attention(q, k, v, &d, false)
+    }
+
+    fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+        let d = shapes::causal_attention(q, k, v, heads)?;
+        self.launch_attention(q, k, v, &d, true)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
@@ -796,6 +824,10 @@ impl Backend for CudaBackend {
             (Activation::Silu, true) => "silu_with_derivative",
             (Activation::Relu, false) => "relu_inplace",
             (Activation::Relu, true) => "relu_with_derivative",
+            (Activation::Gelu, false) => "gelu_inplace",
+            (Activation::Gelu, true) => "gelu_with_derivative",
+            (Activation::QuickGelu, false) => "quick_gelu_inplace",
+            (Activation::QuickGelu, true) => "quick_gelu_with_derivative",
         };
         let f = self.function(&ELEMENTWISE, Vec::new(), name)?;
         let mut d = if derivative {

@@ -86,8 +86,9 @@ pub const TENSOR_CORE_ONLY: &[KernelSource] = &[CONV_MMA];
 pub const ATTENTION_MMA_HEAD_DIMS: &[usize] = &[16, 40, 64, 80, 128, 160];
 
 /// The head dimensions the attention kernel is compiled for ahead of use in CI:
-/// the digits model (8), SD 1.x/2.x (40, 64, 80, 160) and the common 128.
-pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160];
+/// the digits model (8), SD 1.x/2.x (40, 64, 80, 160), the common 128, and the
+/// single 512-wide head of SD's VAE mid-block attention.
+pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160, 512];
 
 /// Threads per block of kernels/attention_mma.cu (4 warps).
 pub const ATTENTION_MMA_THREADS: u32 = 128;
@@ -161,6 +162,18 @@ pub fn elem_define(precision: Precision) -> String {
 pub fn head_dim_define(head_dim: usize) -> Vec<String> {
     vec![format!("HEAD_DIM={head_dim}")]
 }
+
+/// The defines of kernels/attention.cu's causal build (self-attention where query
+/// `i` sees keys `0..=i`: CLIP's text encoder), at `head_dim`.
+pub fn causal_attention_defines(head_dim: usize) -> Vec<String> {
+    let mut defines = head_dim_define(head_dim);
+    defines.push("CAUSAL=1".to_string());
+    defines
+}
+
+/// The head dimensions the causal attention build is compiled for ahead of use in
+/// CI: CLIP ViT-L/14 and OpenCLIP ViT-H/14 text encoders (SD 1.x, 2.x) both use 64.
+pub const CAUSAL_ATTENTION_HEAD_DIMS: &[usize] = &[64];
 
 /// The NVRTC options used for every kernel of `arch` (e.g. `sm_90`), plus `defines`
 /// (`NAME=VALUE`) used to specialise head dims and tile sizes.

@@ -37,6 +37,9 @@ pub enum Command {
     Batch(BatchArgs),
     /// Serve requests over HTTP with continuous batching across requests and steps.
     Serve(ServeArgs),
+    /// Show how a pipeline's CLIP tokenizer splits a prompt: each token's id and
+    /// text, then the padded ids as a JSON array on the last line.
+    Tokenize(TokenizeArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -435,6 +438,18 @@ pub struct TargetArgs {
     /// and GEMMs accumulate in f32). The CPU backend computes in f32 only.
     #[arg(long, value_name = "f32|f16|bf16", default_value = "f32", value_parser = parse_dtype)]
     pub dtype: Precision,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    /// A Stable Diffusion pipeline folder (its `tokenizer/` is used) or a tokenizer
+    /// folder.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// The prompt.
+    #[arg(value_name = "TEXT", allow_hyphen_values = true)]
+    pub text: String,
 }
 
 #[derive(Args, Debug)]

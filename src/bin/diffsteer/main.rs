@@ -9,6 +9,7 @@ mod eval_chart;
 mod generate;
 mod selftest;
 mod serve;
+mod tokenize;
 mod usage_error;
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Command::Batch(args) => batch::run(&args, threads),
         Command::Bench(args) => bench::run(&args, threads),
         Command::Serve(args) => serve::run(&args, threads),
+        Command::Tokenize(args) => tokenize::run(&args),
         Command::Selftest(args) => match rayon::ThreadPoolBuilder::new()
             .num_threads(threads.unwrap_or(0))
             .build()
