@@ -28,6 +28,7 @@ pub mod error;
 pub mod fsutil;
 pub mod guidance;
 pub mod image;
+pub mod image_input;
 pub mod json_fields;
 pub mod model;
 pub mod pipeline;

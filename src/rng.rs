@@ -29,6 +29,7 @@ const PHILOX_W1: u32 = 0xBB67_AE85;
 /// | `Step(n)` | 1 + n |
 /// | `Renoise { step, repeat }` | 2^33 + repeat·2^32 + step (repeat < 1024) |
 /// | `Resample { step }` | 2^43 + step |
+/// | `Encode` | 2^43 + 2^32 |
 /// | `RepeatedStep { step, repeat }` | 2^43 + 2^33 + repeat·2^32 + step (repeat < 1024) |
 /// | `Particle { particle, stream }` | stream + particle·2^44 (particle < 4096) |
 /// | `Custom(id)` | id; ids below 2^56 are the engine's |
@@ -46,6 +47,8 @@ pub enum NoiseStream {
     Renoise { step: u32, repeat: u32 },
     /// The uniform draw of a particle population's resampling after step `step`.
     Resample { step: u32 },
+    /// The draw from an image's latent distribution that img2img starts from.
+    Encode,
     /// The scheduler's own fresh noise in repeat `repeat` (1-based) of step `step`
     /// under recurrence (repeat 0 draws `Step(step)`).
     RepeatedStep { step: u32, repeat: u32 },
@@ -69,6 +72,7 @@ impl NoiseStream {
                 (1 << 33) + ((repeat as u64) << 32) + step as u64
             }
             NoiseStream::Resample { step } => (1 << 43) + step as u64,
+            NoiseStream::Encode => (1 << 43) + (1 << 32),
             NoiseStream::RepeatedStep { step, repeat } => {
                 (1 << 43) + (1 << 33) + ((repeat as u64) << 32) + step as u64
             }

@@ -11,28 +11,37 @@ use crate::error::{Error, Result};
 use crate::guidance::reward::RewardForm;
 use crate::guidance::Guidance;
 use crate::model::memory::{available_memory_bytes, format_bytes};
+use crate::model::PipelineFolder;
 use crate::model::{ModelFolder, UNet};
 use crate::reward::spec::DEFAULT_CLASSIFIER_DIR;
-use crate::reward::{parse_reward_specs, Reward, RewardContext, SampleShape, WeightedSum};
-use crate::sampler::{SampleSettings, Shared, SlotSampler};
+use crate::reward::{parse_reward_specs, Reward, RewardContext, SampleShape};
+use crate::sampler::{
+    Condition, FromImage, SampleOutput, SampleSettings, SampleSpec, Shared, SlotSampler, Start,
+};
 use crate::schedule::{self, ScheduleOptions, SchedulerConfig, SchedulerKind};
 use crate::steer::SteerMethod;
 use crate::tensor::Precision;
 
+use super::decoded_reward::{DecodedReward, TermReward};
 use super::options::{Device, EngineOptions};
-use super::plan::{self, ClassPlan, Plan};
+use super::plan::{self, ClassPlan, Plan, TextPlan};
 use super::request::{ClassChoice, Request};
 use super::runner::Runner;
+use super::text::{PromptKey, TextStack};
 
 /// Most images one request may ask for.
 pub const MAX_COUNT: u64 = 1 << 32;
+/// Largest image side a text-to-image request may ask for, in pixels.
+pub const MAX_IMAGE_SIDE: usize = 8192;
 
 /// A model opened for generation.
 pub struct Engine {
     options: EngineOptions,
     folder: ModelFolder,
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
     unet: UNet,
+    /// The tokenizer, text encoder and VAE of a text-to-image pipeline folder.
+    text: Option<Arc<TextStack>>,
     scheduler_config: SchedulerConfig,
     default_scheduler: SchedulerKind,
     rewards: RewardContext,
@@ -103,7 +112,16 @@ impl Engine {
             .num_threads(options.threads.unwrap_or(0))
             .build()
             .map_err(|e| Error::invalid("threads", format!("cannot start the thread pool: {e}")))?;
-        let backend = make_backend(options.device, options.dtype)?;
+        let backend: Arc<dyn Backend> = Arc::from(make_backend(options.device, options.dtype)?);
+        let text = if PipelineFolder::is_pipeline(&options.model) {
+            let pipeline = PipelineFolder::locate(&options.model)?;
+            pipeline.check_components()?;
+            Some(Arc::new(
+                pool.install(|| TextStack::load(&pipeline, backend.as_ref()))?,
+            ))
+        } else {
+            None
+        };
         let scheduler_config = folder.load_scheduler_config()?;
         let default_scheduler = scheduler_config.class_kind().unwrap_or(SchedulerKind::Ddim);
         let unet = pool.install(|| folder.load_unet(backend.as_ref()))?;
@@ -129,6 +147,7 @@ impl Engine {
             folder,
             backend,
             unet,
+            text,
             scheduler_config,
             default_scheduler,
             rewards,
@@ -159,6 +178,21 @@ impl Engine {
 
     pub fn unet(&self) -> &UNet {
         &self.unet
+    }
+
+    /// Whether the model is a text-to-image pipeline (requests take prompts).
+    pub fn is_text_to_image(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// Image pixels per latent pixel (1 for pixel-space models).
+    pub fn vae_factor(&self) -> usize {
+        self.text.as_ref().map_or(1, |t| t.factor)
+    }
+
+    /// The tokenizer of a text-to-image pipeline.
+    pub fn tokenizer(&self) -> Option<&crate::model::clip::ClipTokenizer> {
+        self.text.as_ref().map(|t| &t.tokenizer)
     }
 
     /// The shape of one image in the model's space.
@@ -214,10 +248,15 @@ impl Engine {
     /// An error unless a model call of `rows` rows fits in the memory the system
     /// says is available.
     pub fn check_memory(&self, rows: usize) -> Result<()> {
+        self.check_memory_at(rows, self.height, self.width)
+    }
+
+    /// [`Engine::check_memory`] for samples of `height × width` (latent) pixels.
+    pub fn check_memory_at(&self, rows: usize, height: usize, width: usize) -> Result<()> {
         let needed = self
             .unet
             .config()
-            .forward_bytes_estimate(rows, self.height, self.width);
+            .forward_bytes_estimate(rows, height, width);
         let Some(available) = available_memory_bytes() else {
             return Ok(());
         };
@@ -226,8 +265,8 @@ impl Engine {
                 if rows <= 1 { "model" } else { "batch" },
                 format!(
                     "a forward of {rows} row(s) of {}×{} samples ({}) needs about {} of activations; this machine has {} available",
-                    self.height,
-                    self.width,
+                    height,
+                    width,
                     self.folder.config.display(),
                     format_bytes(needed),
                     format_bytes(available)
@@ -257,12 +296,13 @@ impl Engine {
                 ));
             }
         }
-        if self.unet.config().cross_attention_dim.is_some() {
+        if self.unet.config().cross_attention_dim.is_some() && self.text.is_none() {
             return Err(Error::invalid(
                 "model",
-                "this is a text-conditioned model (UNet2DConditionModel); the engine takes class and unconditional models (use the library's Sampler with encoder hidden states)",
+                "this is a bare text-conditioned U-Net (UNet2DConditionModel) without its pipeline: give the pipeline folder (model_index.json with text_encoder/, tokenizer/, vae/), or use the library's Sampler with encoder hidden states",
             ));
         }
+        let text = self.text_plan(r)?;
         if r.count == 0 || r.count > MAX_COUNT {
             return Err(Error::invalid(
                 "count",
@@ -281,7 +321,11 @@ impl Engine {
                 ),
             ));
         }
-        let classes = self.class_plan(r.class)?;
+        let classes = if text.is_some() {
+            ClassPlan::Text
+        } else {
+            self.class_plan(r.class)?
+        };
         let guidance = Guidance {
             scale: r.cfg,
             rescale: r.cfg_rescale,
@@ -302,7 +346,11 @@ impl Engine {
             ));
         }
 
-        let reward = self.reward_of(r)?;
+        let latent = text
+            .as_ref()
+            .map_or((self.height, self.width), |t| t.latent);
+        let shape = SampleShape::new(latent.0, latent.1, self.unet.config().in_channels);
+        let reward = self.reward_of(r, shape)?;
         let reward_guidance = plan::reward_guidance(r, reward.is_some(), r.steps);
         if reward_guidance.form == RewardForm::Eps && r.reward_scale.is_none() && reward.is_some() {
             return Err(Error::invalid(
@@ -360,25 +408,34 @@ impl Engine {
                 karras: r.karras.then_some(true),
             },
         )?;
+        let scheduler: Arc<dyn crate::schedule::Scheduler> = Arc::from(scheduler);
+        let from = match (&text, &r.init_image) {
+            (Some(t), Some(path)) => Some(Arc::new(self.init_image(r, t, path, &*scheduler)?)),
+            _ => None,
+        };
         let settings = SampleSettings {
-            scheduler: Shared::Owned(Arc::from(scheduler)),
-            reward: reward.clone().map(|w| Shared::Owned(w as Arc<dyn Reward>)),
+            scheduler: Shared::Owned(scheduler),
+            reward: reward.clone().map(|w| {
+                let w: Arc<dyn Reward> = w;
+                Shared::Owned(w)
+            }),
             reward_guidance,
             steering,
         };
-        settings.validate(self.sample_shape())?;
+        settings.validate(shape)?;
         let rows = steering.particles
             * if classes == ClassPlan::Unconditional {
                 1
             } else {
                 2
             };
-        self.check_memory(rows).map_err(|e| match e {
-            Error::InvalidArgument { message, .. } if rows > 1 => {
-                Error::invalid("particles", message)
-            }
-            other => other,
-        })?;
+        self.check_memory_at(rows, latent.0, latent.1)
+            .map_err(|e| match e {
+                Error::InvalidArgument { message, .. } if rows > 1 => {
+                    Error::invalid("particles", message)
+                }
+                other => other,
+            })?;
         Ok(Plan {
             request: r.clone(),
             classes,
@@ -388,7 +445,166 @@ impl Engine {
             scheduler: kind,
             eta,
             model: self.options.model.display().to_string(),
+            text,
+            latent,
+            from,
         })
+    }
+
+    /// The prompt side of a request on a text-to-image pipeline (`None` on other
+    /// models, which refuse the prompt fields).
+    fn text_plan(&self, r: &Request) -> Result<Option<TextPlan>> {
+        let Some(stack) = &self.text else {
+            let given = [
+                ("prompt", r.prompt.is_some()),
+                ("negative_prompt", r.negative_prompt.is_some()),
+                ("width", r.width.is_some()),
+                ("height", r.height.is_some()),
+                ("clip_skip", r.clip_skip.is_some()),
+                ("init_image", r.init_image.is_some()),
+                ("strength", r.strength.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, g)| *g) {
+                return Err(Error::invalid(
+                    *field,
+                    format!(
+                        "{} is not a text-to-image pipeline (it takes {}); prompts need a pipeline folder with model_index.json",
+                        self.options.model.display(),
+                        if self.unet.num_classes().is_some() { "classes" } else { "no condition" }
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        if r.class.is_some() {
+            return Err(Error::invalid(
+                "class",
+                "a text-to-image pipeline takes a prompt, not a class",
+            ));
+        }
+        if r.strength.is_some() && r.init_image.is_none() {
+            return Err(Error::invalid("strength", "sets img2img: add init_image"));
+        }
+        let factor = stack.factor;
+        let down = 1usize
+            << self
+                .unet
+                .config()
+                .down_blocks
+                .iter()
+                .filter(|b| b.resample)
+                .count();
+        let multiple = factor * down;
+        let mut size = [
+            (self.height * factor, "height", r.height),
+            (self.width * factor, "width", r.width),
+        ];
+        for (value, field, given) in size.iter_mut() {
+            if let Some(v) = *given {
+                if v % multiple != 0 || v > MAX_IMAGE_SIDE {
+                    return Err(Error::invalid(
+                        *field,
+                        format!(
+                            "{v} pixels: this pipeline takes multiples of {multiple} (the VAE's factor {factor} × the U-Net's downsampling {down}) up to {MAX_IMAGE_SIDE}"
+                        ),
+                    ));
+                }
+                *value = v;
+            }
+        }
+        let (height, width) = (size[0].0, size[1].0);
+        let layers = stack.layers();
+        let clip_skip = r.clip_skip.unwrap_or(1);
+        if clip_skip > layers {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!("{clip_skip}: the text encoder has {layers} layers (accepted: 1..={layers}; 1 = the last)"),
+            ));
+        }
+        let key = |text: &str| PromptKey {
+            ids: stack.tokenizer.encode(text).ids,
+            skip: clip_skip - 1,
+        };
+        let prompt = r.prompt.clone().unwrap_or_default();
+        let negative = r.negative_prompt.clone().unwrap_or_default();
+        Ok(Some(TextPlan {
+            truncated: stack.tokenizer.encode(&prompt).truncated,
+            prompt: key(&prompt),
+            negative: key(&negative),
+            latent: (height / factor, width / factor),
+            image: (height, width),
+            clip_skip,
+        }))
+    }
+
+    /// img2img: the image's latent distribution (sampler space) and the step it
+    /// enters at, as diffusers' img2img pipeline: of `steps` steps it runs the last
+    /// ⌊steps × strength⌋.
+    fn init_image(
+        &self,
+        r: &Request,
+        text: &TextPlan,
+        path: &str,
+        scheduler: &dyn crate::schedule::Scheduler,
+    ) -> Result<FromImage> {
+        let stack = self.text.as_ref().ok_or_else(|| {
+            Error::invalid("init_image", "img2img needs a text-to-image pipeline")
+        })?;
+        let strength = r.strength.unwrap_or(0.8);
+        let steps = scheduler.num_steps();
+        let kept = ((steps as f64 * strength) as usize).min(steps);
+        if kept == 0 {
+            return Err(Error::invalid(
+                "strength",
+                format!("{strength} of {steps} steps runs none; raise strength or steps"),
+            ));
+        }
+        let (height, width) = text.image;
+        let channels = stack.vae.config().in_channels;
+        let pixels =
+            crate::image_input::read_png_as_model_space(Path::new(path), height, width, channels)
+                .map_err(|e| Error::invalid("init_image", e.to_string()))?;
+        let dist =
+            self.install(|| stack.encode_image(self.backend.as_ref(), pixels, height, width))?;
+        let config = stack.vae.config();
+        let zeros = vec![0f32; dist.mean.len()];
+        let mean = dist.latents(config, &zeros)?;
+        let scale = config.scaling_factor as f32;
+        let std = dist.std.iter().map(|s| s * scale).collect();
+        Ok(FromImage {
+            mean,
+            std,
+            step: steps - kept,
+        })
+    }
+
+    /// What the sampler needs to start image `index` of `plan`: its spec (with the
+    /// prompt embeddings of a text plan, from the cache or the text encoder) and
+    /// where it starts.
+    pub(crate) fn sample_start(&self, plan: &Plan, index: u64) -> Result<(SampleSpec, Start)> {
+        let mut spec = plan.spec(index);
+        let start = Start {
+            size: Some(plan.latent),
+            from: plan.from.as_deref().cloned(),
+        };
+        if let (Some(text), Some(stack)) = (&plan.text, &self.text) {
+            let cond = stack.embed(self.backend.as_ref(), &text.prompt)?;
+            let uncond = stack.embed(self.backend.as_ref(), &text.negative)?;
+            spec.condition = Condition::Embedding {
+                cond: cond.to_vec(),
+                uncond: uncond.to_vec(),
+                tokens: stack.embedding_shape().0,
+            };
+        }
+        Ok((spec, start))
+    }
+
+    /// Turns a finished latent of `plan` into its image (identity for pixel models).
+    pub(crate) fn decode(&self, plan: &Plan, output: &mut SampleOutput) -> Result<()> {
+        match (&plan.text, &self.text) {
+            (Some(_), Some(stack)) => stack.decode(self.backend.as_ref(), output),
+            _ => Ok(()),
+        }
     }
 
     fn class_plan(&self, class: Option<ClassChoice>) -> Result<ClassPlan> {
@@ -414,7 +630,7 @@ impl Engine {
         }
     }
 
-    fn reward_of(&self, r: &Request) -> Result<Option<Arc<WeightedSum>>> {
+    fn reward_of(&self, r: &Request, shape: SampleShape) -> Result<Option<Arc<dyn TermReward>>> {
         if r.reward.is_empty() {
             let needs_reward = [
                 ("reward_scale", r.reward_scale.is_some()),
@@ -445,9 +661,14 @@ impl Engine {
                 ),
             ),
         })?;
-        sum.check_shape(self.sample_shape())
+        let reward: Arc<dyn TermReward> = match &self.text {
+            Some(stack) => Arc::new(DecodedReward::new(sum, stack.clone(), self.backend.clone())),
+            None => Arc::new(sum),
+        };
+        reward
+            .check_shape(shape)
             .map_err(|e| Error::invalid("reward", e.to_string()))?;
-        Ok(Some(Arc::new(sum)))
+        Ok(Some(reward))
     }
 }
 

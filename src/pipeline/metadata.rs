@@ -39,6 +39,22 @@ pub struct ImageMetadata {
     pub eta: f64,
     pub karras: bool,
     pub model: String,
+    /// The prompts, image size and text-encoder layer of a text-to-image image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<usize>,
+    /// img2img: the image it started from and the strength.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
     /// Present with a reward.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<AlignmentMetadata>,

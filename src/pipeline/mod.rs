@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod decoded_reward;
 mod engine;
 pub mod metadata;
 mod options;
@@ -34,8 +35,10 @@ mod plan;
 pub mod request;
 mod runner;
 mod service;
+mod text;
 
-pub use engine::{default_classifier_dir, make_backend, Engine, MAX_COUNT};
+pub use decoded_reward::{DecodedReward, TermReward};
+pub use engine::{default_classifier_dir, make_backend, Engine, MAX_COUNT, MAX_IMAGE_SIDE};
 pub use metadata::ImageMetadata;
 pub use options::{Device, EngineOptions};
 pub use plan::Plan;

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use crate::guidance::reward::{RewardForm, RewardGuidance};
 use crate::guidance::{Apg, Guidance, GuidanceInterval, GuidanceMethod};
-use crate::reward::WeightedSum;
-use crate::sampler::{Condition, SampleOutput, SampleSettings, SampleSpec};
+use crate::sampler::{Condition, FromImage, SampleOutput, SampleSettings, SampleSpec};
 use crate::schedule::SchedulerKind;
 use crate::steer::{SteerMethod, Steering};
 
+use super::decoded_reward::TermReward;
 use super::metadata::{window_field, AlignmentMetadata, ApgMetadata, ImageMetadata};
 use super::request::{GuidanceKind, Request, StepWindow};
+use super::text::PromptKey;
 
 /// How a plan's images get their class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,22 @@ pub(crate) enum ClassPlan {
     Cycle(usize),
     /// The unconditional prediction (the null class, or a model without classes).
     Unconditional,
+    /// A text-to-image pipeline: prompt and negative prompt.
+    Text,
+}
+
+/// The prompt side of a request on a text-to-image pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct TextPlan {
+    pub prompt: PromptKey,
+    pub negative: PromptKey,
+    /// Whether the prompt was cut to the tokenizer's length.
+    pub truncated: bool,
+    /// Latent and image sizes (height, width).
+    pub latent: (usize, usize),
+    pub image: (usize, usize),
+    /// As the request gives it: 1 = the last layer.
+    pub clip_skip: usize,
 }
 
 /// A request ready to run.
@@ -33,10 +50,15 @@ pub struct Plan {
     pub(crate) classes: ClassPlan,
     pub(crate) guidance: Guidance,
     pub(crate) settings: Arc<SampleSettings<'static>>,
-    pub(crate) reward: Option<Arc<WeightedSum>>,
+    pub(crate) reward: Option<Arc<dyn TermReward>>,
     pub(crate) scheduler: SchedulerKind,
     pub(crate) eta: f64,
     pub(crate) model: String,
+    pub(crate) text: Option<TextPlan>,
+    /// The sample (latent) size.
+    pub(crate) latent: (usize, usize),
+    /// img2img: the encoded image and the step it enters at.
+    pub(crate) from: Option<Arc<FromImage>>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -70,9 +92,18 @@ impl Plan {
         self.settings.steering.particles
     }
 
-    /// Model calls one particle of an image takes part in (steps, plus repeats).
+    /// Model calls one particle of an image takes part in (steps, plus repeats;
+    /// img2img skips the steps before its image enters).
     pub fn calls_per_image(&self) -> usize {
-        self.settings.calls_per_particle()
+        let first = self.from.as_ref().map_or(0, |f| f.step);
+        (first..self.settings.scheduler.num_steps())
+            .map(|s| self.settings.repeats_at(s))
+            .sum()
+    }
+
+    /// Whether the prompt was longer than the tokenizer takes (and was cut).
+    pub fn prompt_truncated(&self) -> bool {
+        self.text.as_ref().is_some_and(|t| t.truncated)
     }
 
     /// Image `index`'s seed (`seed + index`; the plan checked it cannot overflow).
@@ -85,7 +116,7 @@ impl Plan {
         match self.classes {
             ClassPlan::Label(label) => Some(label),
             ClassPlan::Cycle(n) => Some((index % n as u64) as usize),
-            ClassPlan::Unconditional => None,
+            ClassPlan::Unconditional | ClassPlan::Text => None,
         }
     }
 
@@ -106,7 +137,7 @@ impl Plan {
     }
 
     /// The reward the plan's images are scored by, if any.
-    pub fn reward(&self) -> Option<&Arc<WeightedSum>> {
+    pub fn reward(&self) -> Option<&Arc<dyn TermReward>> {
         self.reward.as_ref()
     }
 
@@ -157,6 +188,22 @@ impl Plan {
             eta: self.eta,
             karras: self.request.karras,
             model: self.model.clone(),
+            prompt: self
+                .text
+                .as_ref()
+                .map(|_| self.request.prompt.clone().unwrap_or_default()),
+            negative_prompt: self
+                .text
+                .as_ref()
+                .map(|_| self.request.negative_prompt.clone().unwrap_or_default()),
+            width: self.text.as_ref().map(|t| t.image.1),
+            height: self.text.as_ref().map(|t| t.image.0),
+            clip_skip: self.text.as_ref().map(|t| t.clip_skip),
+            init_image: self.request.init_image.clone(),
+            strength: self
+                .from
+                .as_ref()
+                .map(|_| self.request.strength.unwrap_or(0.8)),
             alignment,
         }
     }

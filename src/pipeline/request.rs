@@ -47,6 +47,21 @@ pub struct Request {
     pub seed: u64,
     /// `None`: image `i` gets class `i mod K` on a class model, nothing otherwise.
     pub class: Option<ClassChoice>,
+    /// The prompt of a text-to-image pipeline (`None`: the empty prompt).
+    pub prompt: Option<String>,
+    /// The prompt CFG steers away from (`None`: the empty prompt, as diffusers).
+    pub negative_prompt: Option<String>,
+    /// Image size in pixels (text pipelines; `None`: the U-Net's sample size times
+    /// the VAE's factor).
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Which text-encoder layer conditions the U-Net, counted as other front ends
+    /// do: 1 the last (the default), 2 the penultimate, …
+    pub clip_skip: Option<usize>,
+    /// img2img: an 8-bit PNG to start from, and how much of the schedule reshapes it
+    /// (0: none, 1: all of it).
+    pub init_image: Option<String>,
+    pub strength: Option<f64>,
     pub steps: usize,
     /// `None`: the class named in the model's scheduler config, else DDIM.
     pub scheduler: Option<SchedulerKind>,
@@ -89,6 +104,13 @@ impl Default for Request {
             count: 16,
             seed: 0,
             class: None,
+            prompt: None,
+            negative_prompt: None,
+            width: None,
+            height: None,
+            clip_skip: None,
+            init_image: None,
+            strength: None,
             steps: 50,
             scheduler: None,
             karras: false,
@@ -130,12 +152,19 @@ pub enum GuidanceKind {
 }
 
 /// Every key a request may hold, in the order they are written.
-pub const REQUEST_KEYS: [&str; 32] = [
+pub const REQUEST_KEYS: [&str; 39] = [
     "id",
     "model",
     "count",
     "seed",
     "class",
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "clip_skip",
+    "init_image",
+    "strength",
     "steps",
     "scheduler",
     "karras",
@@ -514,11 +543,21 @@ impl Request {
                 "fk_every" => r.fk_every = Some(positive(k, v)?),
                 "fk_window" => r.fk_window = Some(StepWindow::from_json(k, v)?),
                 "fk_adaptive" => r.fk_adaptive = switch(k, v)?,
-                "prompt" | "negative_prompt" => {
-                    return Err(bad(
-                        k,
-                        "prompts need a text-to-image pipeline folder; this engine's model takes classes only",
-                    ))
+                "prompt" => r.prompt = Some(text(k, v)?.to_string()),
+                "negative_prompt" => r.negative_prompt = Some(text(k, v)?.to_string()),
+                "width" => r.width = Some(positive(k, v)?),
+                "height" => r.height = Some(positive(k, v)?),
+                "clip_skip" => r.clip_skip = Some(positive(k, v)?),
+                "init_image" => r.init_image = Some(text(k, v)?.to_string()),
+                "strength" => {
+                    let strength = number(k, v)?;
+                    if !(0.0..=1.0).contains(&strength) {
+                        return Err(bad(
+                            k,
+                            format!("expected a number in [0, 1], found {strength}"),
+                        ));
+                    }
+                    r.strength = Some(strength);
                 }
                 _ => return Err(unknown_key(key)),
             }
@@ -539,6 +578,13 @@ impl Request {
                 ClassChoice::Label(n) => json!(n),
                 ClassChoice::Unconditional => json!("none"),
             }),
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "clip_skip": self.clip_skip,
+            "init_image": self.init_image,
+            "strength": self.strength,
             "steps": self.steps,
             "scheduler": self.scheduler.map(|s| name_of(&SCHEDULERS, s)),
             "karras": self.karras,

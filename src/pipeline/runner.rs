@@ -169,11 +169,13 @@ impl<'e, T> Runner<'e, T> {
             ));
         }
         let noise_index = usize::try_from(index).unwrap_or(usize::MAX);
-        let run = self.sampler.start(
-            plan.spec(index),
+        let (spec, start) = self.engine.sample_start(plan, index)?;
+        let run = self.sampler.start_with(
+            spec,
             plan.settings().clone(),
             noise_index,
             &PhiloxNoise,
+            start,
         )?;
         self.runs.push(run);
         self.owners.push(Owner {
@@ -231,9 +233,10 @@ impl<'e, T> Runner<'e, T> {
             let outputs = self.sampler.finish_all(done_runs);
             let terms = self.reward_terms(&done_owners, &outputs);
             for ((owner, output), terms) in done_owners.into_iter().zip(outputs).zip(terms) {
-                let result = output.and_then(|output| {
+                let result = output.and_then(|mut output| {
                     let terms = terms?;
                     let metadata = owner.plan.metadata(owner.index, &output, &terms);
+                    self.engine.decode(&owner.plan, &mut output)?;
                     Ok(GeneratedImage { output, metadata })
                 });
                 match result {
@@ -282,7 +285,7 @@ impl<'e, T> Runner<'e, T> {
             let evaluated = if data.is_empty() {
                 Ok((Vec::new(), Vec::new()))
             } else {
-                reward.evaluate_terms(shape, &data, None)
+                reward.evaluate_terms(shape, &data)
             };
             for (position, &j) in members.iter().enumerate() {
                 terms[j] = Some(match &evaluated {

@@ -78,6 +78,23 @@ impl NoiseSource for PhiloxNoise {
     }
 }
 
+/// Where a sample starts: its size (the sampler's when `None`), and for img2img an
+/// encoded image.
+#[derive(Debug, Clone, Default)]
+pub struct Start {
+    pub size: Option<(usize, usize)>,
+    pub from: Option<FromImage>,
+}
+
+/// An image's latent distribution in the sampler's space (per element a mean and a
+/// standard deviation) and the step it enters the schedule at.
+#[derive(Debug, Clone)]
+pub struct FromImage {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub step: usize,
+}
+
 /// Reported after every step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepProgress {
@@ -253,19 +270,58 @@ impl<'a> SlotSampler<'a> {
         index: usize,
         noise: &dyn NoiseSource,
     ) -> Result<SampleRun<'r>> {
+        self.start_with(spec, settings, index, noise, Start::default())
+    }
+
+    /// [`SlotSampler::start`] at another sample size, or from an encoded image.
+    pub fn start_with<'r>(
+        &self,
+        spec: SampleSpec,
+        settings: Arc<SampleSettings<'r>>,
+        index: usize,
+        noise: &dyn NoiseSource,
+        start: Start,
+    ) -> Result<SampleRun<'r>> {
         let rows = self.rows_for(&spec, index)?;
-        let shape = self.sample_shape();
+        let (height, width) = start.size.unwrap_or((self.height, self.width));
+        let shape = SampleShape::new(height, width, self.unet.config().in_channels);
         settings.validate(shape)?;
-        let sigma = settings.scheduler.init_noise_sigma();
+        let scheduler = &*settings.scheduler;
         let particles = settings.steering.particles;
+        let first_step = match &start.from {
+            Some(from) => {
+                if from.mean.len() != shape.len() || from.std.len() != shape.len() {
+                    return Err(Error::shape(
+                        "initial image",
+                        format!(
+                            "a latent of {} values for samples of {shape} ({} values)",
+                            from.mean.len(),
+                            shape.len()
+                        ),
+                    ));
+                }
+                if from.step >= scheduler.num_steps() {
+                    return Err(Error::invalid(
+                        "strength",
+                        format!(
+                            "the image would enter at step {} of {}",
+                            from.step,
+                            scheduler.num_steps()
+                        ),
+                    ));
+                }
+                from.step
+            }
+            None => 0,
+        };
         let mut run = SampleRun {
             spec,
-            settings,
+            settings: settings.clone(),
             index,
             rows,
-            height: self.height,
-            width: self.width,
-            step: 0,
+            height,
+            width,
+            step: first_step,
             repeat: 0,
             particles: Vec::with_capacity(particles),
             snapshot: None,
@@ -274,10 +330,34 @@ impl<'a> SlotSampler<'a> {
         for k in 0..particles {
             let mut latent = vec![0f32; shape.len()];
             run.draw(noise, k, NoiseStream::Initial, &mut latent)?;
-            latent.iter_mut().for_each(|v| *v *= sigma);
+            match &start.from {
+                None => {
+                    let sigma = scheduler.init_noise_sigma();
+                    latent.iter_mut().for_each(|v| *v *= sigma);
+                }
+                Some(from) => {
+                    // The image's latent, drawn from the encoder's distribution, then
+                    // noised to the level of its first step: the model input there
+                    // is √ᾱ·x₀ + √(1−ᾱ)·ε.
+                    let mut encoded = vec![0f32; shape.len()];
+                    run.draw(noise, k, NoiseStream::Encode, &mut encoded)?;
+                    let alpha_bar = scheduler.alpha_bar(from.step);
+                    let (a, b) = (alpha_bar.sqrt(), (1.0 - alpha_bar).max(0.0).sqrt());
+                    let unscale = 1.0 / scheduler.input_scale(from.step);
+                    for (((x, e), &m), &sd) in latent
+                        .iter_mut()
+                        .zip(&encoded)
+                        .zip(&from.mean)
+                        .zip(&from.std)
+                    {
+                        let z0 = m + sd * e;
+                        *x = (a * z0 + b * *x) * unscale;
+                    }
+                }
+            }
             run.particles.push(slot::Particle {
                 latent,
-                state: run.settings.scheduler.new_state(),
+                state: scheduler.new_state(),
                 guidance: Default::default(),
                 track: Default::default(),
             });

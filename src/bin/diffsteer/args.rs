@@ -135,6 +135,13 @@ fn parse_unit(s: &str) -> Result<f32, String> {
     }
 }
 
+fn parse_unit_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("expected a number in [0, 1]".to_string()),
+    }
+}
+
 fn parse_non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
@@ -183,6 +190,37 @@ pub struct GenerateArgs {
     /// all classes (sample i gets class i mod classes). Class models only.
     #[arg(long, value_name = "N|none", value_parser = parse_class)]
     pub class: Option<ClassArg>,
+
+    /// The prompt (text-to-image pipeline folders).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+
+    /// The prompt CFG steers away from (default: the empty prompt, as diffusers).
+    #[arg(long = "negative-prompt", value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+
+    /// Image width in pixels (text pipelines; default: the U-Net's sample size × the
+    /// VAE's factor).
+    #[arg(long, value_name = "W", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub width: Option<usize>,
+
+    /// Image height in pixels (text pipelines).
+    #[arg(long, value_name = "H", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub height: Option<usize>,
+
+    /// Text-encoder layer that conditions the U-Net, as other front ends count it:
+    /// 1 = the last (default), 2 = the penultimate (diffusers' clip_skip=1), ...
+    #[arg(long = "clip-skip", value_name = "N", value_parser = parse_positive, allow_negative_numbers = true)]
+    pub clip_skip: Option<usize>,
+
+    /// img2img: start from this PNG (its size must be the image size).
+    #[arg(long = "init-image", value_name = "FILE.png")]
+    pub init_image: Option<PathBuf>,
+
+    /// img2img: the share of the schedule that reshapes the image, in (0, 1]
+    /// (default 0.8, as diffusers).
+    #[arg(long, value_name = "S", value_parser = parse_unit_f64, allow_negative_numbers = true)]
+    pub strength: Option<f64>,
 
     /// Number of images.
     #[arg(long, value_name = "N", default_value = "16", value_parser = parse_positive, allow_negative_numbers = true)]
