@@ -30,6 +30,10 @@ impl Drop for Server {
 }
 
 fn start(extra: &[&str]) -> Server {
+    start_model(&model(), extra)
+}
+
+fn start_model(model: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_diffsteer"))
         .args([
             "--threads",
@@ -41,7 +45,7 @@ fn start(extra: &[&str]) -> Server {
             "0",
             "--model",
         ])
-        .arg(model())
+        .arg(model)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -126,10 +130,14 @@ fn json(text: &str) -> serde_json::Value {
 
 /// The PNGs `generate` writes alone for `flags`.
 fn solo_pngs(dir: &Path, flags: &[&str]) -> Vec<Vec<u8>> {
-    let out = dir.join(flags.join("_").replace(['-', ':', '.', '+'], ""));
+    solo_pngs_of(&model(), dir, flags)
+}
+
+fn solo_pngs_of(model: &Path, dir: &Path, flags: &[&str]) -> Vec<Vec<u8>> {
+    let out = dir.join(flags.join("_").replace(['-', ':', '.', '+', ' '], ""));
     let r = Command::new(env!("CARGO_BIN_EXE_diffsteer"))
         .args(["--threads", "2", "generate", "-q", "--model"])
-        .arg(model())
+        .arg(model)
         .arg("--out")
         .arg(&out)
         .args(flags)
@@ -499,4 +507,73 @@ fn a_full_queue_answers_429_with_retry_after_and_the_rest_200() {
         text.contains("diffsteer_requests_total{status=\"429\"}"),
         "{text}"
     );
+}
+
+#[test]
+fn the_openai_images_api_serves_a_text_pipeline() {
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/sd1_tiny");
+    let server = start_model(&pipeline, &["--batch", "4"]);
+    let a = post(
+        &server.base,
+        "/v1/images/generations",
+        br#"{"prompt": "a photograph of an astronaut riding a horse", "n": 2, "size": "24x16",
+            "response_format": "b64_json", "model": "any", "negative_prompt": "blurry", "seed": 11,
+            "steps": 6}"#,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = json(&a.body);
+    assert!(v["created"].as_u64().is_some());
+    let data = v["data"].as_array().expect("data");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let solo = solo_pngs_of(
+        &pipeline,
+        tmp.path(),
+        &[
+            "--prompt",
+            "a photograph of an astronaut riding a horse",
+            "--negative-prompt",
+            "blurry",
+            "--count",
+            "2",
+            "--width",
+            "24",
+            "--height",
+            "16",
+            "--seed",
+            "11",
+            "--steps",
+            "6",
+        ],
+    );
+    assert_eq!(data.len(), 2);
+    for (item, alone) in data.iter().zip(&solo) {
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(item["b64_json"].as_str().expect("b64_json"))
+            .expect("base64");
+        assert!(&png == alone, "the API's image differs from generate alone");
+    }
+    for (body, field) in [
+        (r#"{"n": 1}"#, "prompt"),
+        (r#"{"prompt": "x", "size": "17x16"}"#, "size"),
+        (r#"{"prompt": "x", "size": "big"}"#, "size"),
+        (
+            r#"{"prompt": "x", "response_format": "url"}"#,
+            "response_format",
+        ),
+        (r#"{"prompt": "x", "n": 0}"#, "n"),
+        (r#"{"prompt": "x", "colour": "red"}"#, "colour"),
+    ] {
+        let a = post(&server.base, "/v1/images/generations", body.as_bytes());
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert_eq!(json(&a.body)["error"]["field"], field, "{body}");
+    }
+    // On a class model the route answers 400 and points to /v1/generate.
+    let digits = start(&[]);
+    let a = post(
+        &digits.base,
+        "/v1/images/generations",
+        br#"{"prompt": "a seven"}"#,
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("/v1/generate"), "{}", a.body);
 }

@@ -42,13 +42,13 @@ impl EventSink for ChannelSink {
 }
 
 /// Counts the request as 499 (client went away) unless an answer was recorded.
-struct Outcome {
-    http: Arc<HttpCounters>,
-    status: Option<u16>,
+pub(crate) struct Outcome {
+    pub http: Arc<HttpCounters>,
+    pub status: Option<u16>,
 }
 
 impl Outcome {
-    fn record(&mut self, status: StatusCode) {
+    pub fn record(&mut self, status: StatusCode) {
         self.status = Some(status.as_u16());
     }
 }
@@ -88,7 +88,7 @@ fn sampling_failed(index: u64, e: &crate::Error) -> ApiError {
 const DRAIN_BYTES: usize = 64 << 20;
 
 /// The body, up to `limit` bytes; larger ones are a 413.
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -123,6 +123,14 @@ fn submit(
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request(None, "the body is not UTF-8 text"))?;
     let request = Request::from_json_str(text).map_err(ApiError::invalid)?;
+    submit_request(state, &request)
+}
+
+/// Bounds a request by the server's limits and queues it.
+pub(crate) fn submit_request(
+    state: &AppState,
+    request: &Request,
+) -> Result<(Arc<Plan>, CancelOnDrop, UnboundedReceiver<TicketEvent>), ApiError> {
     let limits = state.limits;
     if request.count > limits.max_count {
         return Err(ApiError::bad_request(
@@ -154,7 +162,7 @@ fn submit(
     let (sender, receiver) = unbounded_channel();
     let (plan, cancel) = state
         .service
-        .submit_to(&request, Box::new(ChannelSink(sender)))
+        .submit_to(request, Box::new(ChannelSink(sender)))
         .map_err(|e| match e {
             SubmitError::Invalid(e) => ApiError::invalid(e),
             SubmitError::QueueFull { .. } => {
@@ -228,7 +236,7 @@ pub(crate) async fn generate(
 }
 
 /// Waits for every image; the response body.
-async fn collect(
+pub(crate) async fn collect(
     plan: &Arc<Plan>,
     mut receiver: UnboundedReceiver<TicketEvent>,
 ) -> Result<Value, ApiError> {

@@ -9,6 +9,7 @@
 //! | route | |
 //! |---|---|
 //! | `POST /v1/generate` | a request (the JSON of a `diffsteer batch` line; `id` optional) → `{"id", "images": [{"index", "seed", "png_base64", "metadata"}]}`; `?stream=true` streams Server-Sent Events instead (`progress`, `image`, `done`) |
+//! | `POST /v1/images/generations` | OpenAI's image API on a text-to-image pipeline (`prompt`, `n`, `size`, `response_format: "b64_json"`; see [`openai`]) |
 //! | `GET /healthz` | 200 while serving, 503 while shutting down |
 //! | `GET /metrics` | Prometheus text ([`metrics`]) |
 //!
@@ -20,6 +21,7 @@
 mod error;
 mod generate;
 pub mod metrics;
+pub mod openai;
 
 pub use error::ApiError;
 
@@ -101,6 +103,10 @@ pub fn router(service: Arc<Service>, limits: RequestLimits) -> Router {
         .route(
             "/v1/generate",
             post(generate::generate).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/images/generations",
+            post(openai::generations).fallback(method_not_allowed),
         )
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/metrics", get(metrics_text).fallback(method_not_allowed))
