@@ -32,6 +32,25 @@ pub struct StepReport {
     pub failed: Vec<(usize, Error)>,
 }
 
+/// `members` grouped by their reward (the same value, not an equal one), in order
+/// of first appearance; members without a reward are left out.
+fn by_reward<'r>(
+    runs: &[SampleRun<'r>],
+    members: Vec<usize>,
+) -> Vec<(Shared<'r, dyn Reward + 'r>, Vec<usize>)> {
+    let mut groups: Vec<(Shared<'r, dyn Reward + 'r>, Vec<usize>)> = Vec::new();
+    for m in members {
+        let Some(reward) = &runs[m].settings.reward else {
+            continue;
+        };
+        match groups.iter_mut().find(|(r, _)| r.same(reward)) {
+            Some((_, group)) => group.push(m),
+            None => groups.push((reward.clone(), vec![m])),
+        }
+    }
+    groups
+}
+
 /// Whether `run` evaluates its reward during its current step.
 fn needs_reward(run: &SampleRun) -> bool {
     run.settings.evaluates_reward_at(run.step)
@@ -151,28 +170,12 @@ impl<'r> SlotSampler<'_> {
 
         // Reward evaluation and guidance, one batch per reward.
         let mut shifts: Vec<Option<Vec<f32>>> = vec![None; slots.len()];
-        let mut rewarded: Vec<usize> = members
+        let rewarded: Vec<usize> = members
             .iter()
             .copied()
             .filter(|&m| needs_reward(&runs[m]) && failed[m].is_none())
             .collect();
-        while let Some(&lead) = rewarded.first() {
-            let Some(reward) = runs[lead].settings.reward.clone() else {
-                rewarded.remove(0);
-                continue;
-            };
-            let group: Vec<usize> = rewarded
-                .iter()
-                .copied()
-                .filter(|&m| {
-                    runs[m]
-                        .settings
-                        .reward
-                        .as_ref()
-                        .is_some_and(|r| r.same(&reward))
-                })
-                .collect();
-            rewarded.retain(|m| !group.contains(m));
+        for (reward, group) in by_reward(runs, rewarded) {
             self.guide_group(
                 runs,
                 &slots,
@@ -443,24 +446,8 @@ impl<'r> SlotSampler<'_> {
             .iter()
             .map(|r| r.settings.reward.is_none().then(|| Ok(Vec::new())))
             .collect();
-        let mut pending: Vec<usize> = (0..runs.len()).filter(|&i| finals[i].is_none()).collect();
-        while let Some(&lead) = pending.first() {
-            let Some(reward) = runs[lead].settings.reward.clone() else {
-                pending.remove(0);
-                continue;
-            };
-            let group: Vec<usize> = pending
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    runs[i]
-                        .settings
-                        .reward
-                        .as_ref()
-                        .is_some_and(|r| r.same(&reward))
-                })
-                .collect();
-            pending.retain(|i| !group.contains(i));
+        let pending: Vec<usize> = (0..runs.len()).filter(|&i| finals[i].is_none()).collect();
+        for (reward, group) in by_reward(&runs, pending) {
             let mut shaped: Vec<Vec<usize>> = Vec::new();
             for &i in &group {
                 match shaped.iter_mut().find(|s| {
