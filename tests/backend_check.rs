@@ -242,3 +242,43 @@ impl Backend for SiluIsIdentity {
         self.0.guided_step(model_out, slots, buffers)
     }
 }
+
+/// The model-level selftest checks of a text-to-image pipeline (its U-Net, text
+/// encoder and VAE against the CPU) with the plain 16-bit backend as the backend
+/// under check: every check compares something and passes the 2× rule.
+#[test]
+fn the_pipeline_checks_compare_text_encoder_vae_and_unet() {
+    let cpu = CpuBackend::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/sd2_tiny");
+    for precision in [Precision::F16, Precision::BF16] {
+        let subject = HostSubject::new(
+            Arc::new(RoundingBackend::new(precision)),
+            precision,
+            "plain 16-bit",
+        );
+        let refs = References::new(&cpu, precision);
+        let mut results =
+            diffsteer::selftest::text::check(&refs, &subject, &dir).expect("text checks");
+        results.push(diffsteer::selftest::unet::check(&refs, &subject, &dir).expect("unet check"));
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(results.len(), 3, "{names:?}");
+        for r in &results {
+            assert!(
+                r.passed() && r.rel_l2.is_some_and(|e| e > 0.0),
+                "{}: {:?} {:?} {}",
+                r.name,
+                r.rel_l2,
+                r.tolerance,
+                r.note
+            );
+        }
+    }
+    // A folder that is not a pipeline has no text checks.
+    let digits = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/digits");
+    let refs = References::new(&cpu, Precision::F32);
+    let subject = HostSubject::new(Arc::new(CpuBackend::new()), Precision::F32, "cpu");
+    assert!(diffsteer::selftest::text::check(&refs, &subject, &digits)
+        .expect("skipped")
+        .is_empty());
+}

@@ -2,13 +2,14 @@
 //! whole models. Per precision it runs the backend checker
 //! ([`crate::backend::check`]: every op and the fused step, with the device's own
 //! reports), then for each model folder the checks that need more than a backend:
-//! the reward classifier beside it ([`classifier`]), a U-Net forward ([`unet`]) and
-//! a 20-step sample ([`sample`]). Bounds as the op checks: f32 within 1e-5 of the
+//! the reward classifier beside it ([`classifier`]), a U-Net forward ([`unet`]), a
+//! pipeline's text encoder and VAE ([`text`]) and a 20-step sample ([`sample`]). Bounds as the op checks: f32 within 1e-5 of the
 //! CPU (whole trajectories 1e-4), f16/bf16 within twice the plain same-precision
 //! error.
 
 pub mod classifier;
 pub mod sample;
+pub mod text;
 pub mod unet;
 
 use std::path::Path;
@@ -47,6 +48,9 @@ pub fn run(
                 push(r);
             }
             push(unet::check(&refs, subject.as_ref(), model)?);
+            for r in text::check(&refs, subject.as_ref(), model)? {
+                push(r);
+            }
             if let Some(r) = sample::check(&refs, subject.as_ref(), model)? {
                 push(r);
             }
