@@ -30,7 +30,8 @@ ls -la "$bin" && ldd "$bin"
 echo "== selftest"
 export DIFFSTEER_KERNEL_CACHE=/tmp/diffsteer-kernels
 models=()
-for m in tests/fixtures/models/unet2d_class tests/fixtures/models/unet_cond tests/fixtures/models/unet_cond_linear weights/digits; do
+for m in tests/fixtures/models/unet2d_class tests/fixtures/models/unet_cond tests/fixtures/models/unet_cond_linear weights/digits \
+         tests/fixtures/pipelines/sd1_tiny tests/fixtures/pipelines/sd2_tiny weights/digits-text; do
     [ -f "$m/config.json" ] && models+=(--model "$m")
 done
 "$bin" selftest --device cuda --dtype f32,f16,bf16 "${models[@]}"
@@ -86,6 +87,25 @@ for run in f16:1,2,8 bf16:1,2,8 f32:2; do
     echo "== bench: SD1.5-shaped U-Net (random weights), 64x64 latents, $dtype"
     "$bin" bench --device cuda --dtype "$dtype" --model sd15-shape --batch "${run#*:}" --steps 10 --iters 5 \
         --json "${OUT:-/tmp}/bench-sd15-$dtype.json" || rc=1
+done
+
+for pipe in tests/fixtures/pipelines/sd2_tiny weights/digits-text; do
+    [ -f "$pipe/model_index.json" ] || continue
+    echo "== text-to-image on the GPU and the CPU: $pipe"
+    for dev in cuda cpu; do
+        "$bin" generate --model "$pipe" --device "$dev" --prompt "a handwritten seven" --negative-prompt "blurry" \
+            --count 8 --steps 20 --cfg 5 --seed 3 --out "/tmp/text-$dev" --overwrite --quiet || rc=1
+    done
+    python3 - <<'PY' || rc=1
+import numpy as np
+from PIL import Image
+worst, differing, total = 0, 0, 0
+for i in range(8):
+    a = np.asarray(Image.open(f"/tmp/text-cuda/{i:06d}.png"), dtype=np.int32)
+    b = np.asarray(Image.open(f"/tmp/text-cpu/{i:06d}.png"), dtype=np.int32)
+    worst = max(worst, int(np.abs(a - b).max())); differing += int((a != b).sum()); total += a.size
+print(f"text pipeline cuda vs cpu PNGs: {differing} of {total} pixels differ, largest difference {worst}/255")
+PY
 done
 
 if [ -f weights/digits/config.json ]; then
