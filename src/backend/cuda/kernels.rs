@@ -213,6 +213,103 @@ impl CompileReport {
             })
             .collect()
     }
+
+    /// ptxas' figures for each entry function of the log (`ptxas -v`), in log order:
+    /// from "Compiling entry function 'NAME' for 'ARCH'", the "N bytes stack frame,
+    /// S bytes spill stores, L bytes spill loads" line under "Function properties for
+    /// NAME", and "Used R registers". An entry whose lines are missing or unreadable
+    /// has `None` in those fields.
+    pub fn entry_resources(&self) -> Vec<EntryResources> {
+        let mut entries: Vec<EntryResources> = Vec::new();
+        let mut properties_of: Option<String> = None;
+        for line in self.log.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                let mut parts = rest.split('\'');
+                let name = parts.next().unwrap_or_default().to_string();
+                let arch = parts.nth(1).unwrap_or_default().to_string();
+                entries.push(EntryResources {
+                    name,
+                    arch,
+                    registers: None,
+                    spill_stores: None,
+                    spill_loads: None,
+                });
+                properties_of = None;
+            } else if let Some(name) = line.split("Function properties for ").nth(1) {
+                properties_of = Some(name.trim().to_string());
+            } else if line.contains("spill stores") {
+                let current = entries
+                    .last_mut()
+                    .filter(|e| properties_of.as_deref() == Some(e.name.as_str()));
+                if let Some(e) = current {
+                    e.spill_stores = number_before(line, "bytes spill stores");
+                    e.spill_loads = number_before(line, "bytes spill loads");
+                }
+            } else if let Some(rest) = line.split("Used ").nth(1) {
+                if let Some(e) = entries.last_mut() {
+                    if rest.contains("registers") {
+                        e.registers = number_before(line, "registers");
+                    }
+                }
+            }
+        }
+        entries
+    }
+}
+
+/// The whole number just before `unit` in `line` ("0 bytes spill stores").
+fn number_before(line: &str, unit: &str) -> Option<u64> {
+    let before = &line[..line.find(unit)?];
+    before.split_whitespace().next_back()?.parse().ok()
+}
+
+/// ptxas' resource figures for one entry function (see [`CompileReport::entry_resources`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryResources {
+    pub name: String,
+    pub arch: String,
+    pub registers: Option<u64>,
+    pub spill_stores: Option<u64>,
+    pub spill_loads: Option<u64>,
+}
+
+impl KernelSource {
+    /// The names of the file's kernels (its `extern "C" __global__` functions), in
+    /// source order.
+    pub fn entry_points(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for piece in self.source.split("extern \"C\" __global__").skip(1) {
+            let mut rest = piece.trim_start();
+            rest = rest.strip_prefix("void").unwrap_or(rest).trim_start();
+            if let Some(bounds) = rest.strip_prefix("__launch_bounds__") {
+                // Skip the parenthesised bounds, which may nest.
+                let mut depth = 0usize;
+                let mut end = bounds.len();
+                for (i, ch) in bounds.char_indices() {
+                    match ch {
+                        '(' => depth += 1,
+                        ')' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                end = i + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                rest = bounds[end..].trim_start();
+            }
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                names.push(name);
+            }
+        }
+        names
+    }
 }
 
 /// Compiles `kernel` for a real architecture (`sm_90`) to PTX and CUBIN with
