@@ -89,6 +89,100 @@ pub const ATTENTION_MMA_HEAD_DIMS: &[usize] = &[16, 40, 64, 80, 128, 160];
 /// the digits model (8), SD 1.x/2.x (40, 64, 80, 160) and the common 128.
 pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160];
 
+/// The grid and block of one launch (every kernel uses 1-D blocks), shared by the
+/// backend and the tests that run the kernels' source on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: u32,
+}
+
+/// Threads per block of the grid-stride kernels and of group norm's statistics.
+pub const BLOCK: u32 = 256;
+
+/// Enough blocks to fill an H100/H200-class GPU several times over; grid-stride
+/// loops cover the rest.
+pub const MAX_BLOCKS: u64 = 132 * 16;
+
+/// A grid-stride kernel over `n` elements: one thread per element, at most
+/// [`MAX_BLOCKS`] blocks of [`BLOCK`].
+pub fn grid_stride_launch(n: u64) -> Launch {
+    grid_stride_launch_capped(n, MAX_BLOCKS)
+}
+
+/// [`grid_stride_launch`] with at most `max_blocks` blocks (tests use a small cap to
+/// make every thread loop).
+pub fn grid_stride_launch_capped(n: u64, max_blocks: u64) -> Launch {
+    Launch {
+        grid: (
+            n.div_ceil(BLOCK as u64).clamp(1, max_blocks.max(1)) as u32,
+            1,
+            1,
+        ),
+        block: BLOCK,
+    }
+}
+
+/// kernels/norm.cu's `group_norm_affine`: one block per (sample, group).
+pub fn group_norm_stats_launch(samples: usize, groups: usize) -> Launch {
+    Launch {
+        grid: ((samples * groups) as u32, 1, 1),
+        block: BLOCK,
+    }
+}
+
+/// Rows (warps) per block of kernels/norm.cu's `layer_norm`.
+pub const LAYER_NORM_ROWS_PER_BLOCK: u64 = 4;
+
+/// kernels/norm.cu's `layer_norm`: one warp per row.
+pub fn layer_norm_launch(rows: u64) -> Launch {
+    Launch {
+        grid: (rows.div_ceil(LAYER_NORM_ROWS_PER_BLOCK).max(1) as u32, 1, 1),
+        block: 32 * LAYER_NORM_ROWS_PER_BLOCK as u32,
+    }
+}
+
+/// Warps per block of kernels/attention.cu (its WARPS_PER_BLOCK).
+pub const ATTENTION_SCALAR_WARPS: u64 = 4;
+
+/// kernels/attention.cu's `attention_scalar`: one warp per (image, head, query row).
+pub fn attention_scalar_launch(batch: usize, heads: usize, q_len: usize) -> Launch {
+    let warps = (batch * heads * q_len) as u64;
+    Launch {
+        grid: (warps.div_ceil(ATTENTION_SCALAR_WARPS) as u32, 1, 1),
+        block: 32 * ATTENTION_SCALAR_WARPS as u32,
+    }
+}
+
+/// kernels/attention_mma.cu: a block per [`attention_mma_block_q`] query rows of one
+/// head of one image.
+pub fn attention_mma_launch(head_dim: usize, batch: usize, heads: usize, q_len: usize) -> Launch {
+    Launch {
+        grid: (
+            q_len.div_ceil(attention_mma_block_q(head_dim)) as u32,
+            heads as u32,
+            batch as u32,
+        ),
+        block: ATTENTION_MMA_THREADS,
+    }
+}
+
+/// kernels/conv_mma.cu: one block per output tile.
+pub fn conv_mma_launch(d: &ConvDims) -> Launch {
+    Launch {
+        grid: (conv_mma_tiles(d) as u32, 1, 1),
+        block: CONV_MMA_THREADS,
+    }
+}
+
+/// kernels/guided_step.cu: one block per slot.
+pub fn guided_step_launch(slots: usize) -> Launch {
+    Launch {
+        grid: (slots as u32, 1, 1),
+        block: GUIDED_STEP_THREADS,
+    }
+}
+
 /// Threads per block of kernels/attention_mma.cu (4 warps).
 pub const ATTENTION_MMA_THREADS: u32 = 128;
 
