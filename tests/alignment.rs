@@ -466,7 +466,7 @@ fn feynman_kac_raises_the_population_reward_and_keeps_the_best() {
             guidance: Guidance::cfg(1.0),
         })
         .collect();
-    // (the survivors, every particle's final reward)
+    // Every particle's final reward, after checking the survivors.
     let steered = |lambda: f64| {
         let recording = Recording::new(&reward);
         let alignment = Alignment {
@@ -484,11 +484,11 @@ fn feynman_kac_raises_the_population_reward_and_keeps_the_best() {
         let outputs = run(&sampler, &samples, &alignment).expect("fk");
         let finals = recording.last();
         assert_survivors_are_best(&outputs, &finals, particles);
-        (outputs, finals)
+        finals
     };
     let mean = |v: &[f32]| v.iter().map(|&r| r as f64).sum::<f64>() / v.len() as f64;
-    let (_, flat) = steered(0.0);
-    let (_, sharp) = steered(1.0);
+    let flat = steered(0.0);
+    let sharp = steered(1.0);
     let (flat_mean, sharp_mean) = (mean(&flat), mean(&sharp));
     let raised = flat
         .chunks(particles)

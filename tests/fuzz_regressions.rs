@@ -109,7 +109,7 @@ fn sample_sizes_are_bounded() {
             "18446744073709551615×",
         ),
     ] {
-        let err = unet_config("sample_size", value).err().expect("refused");
+        let err = unet_config("sample_size", value).expect_err("refused");
         assert_config_error(
             err,
             "config.json",
@@ -126,9 +126,7 @@ fn sample_sizes_are_bounded() {
 #[test]
 fn group_counts_must_divide_the_channels() {
     for groups in [0, 7] {
-        let err = unet_config("norm_num_groups", serde_json::json!(groups))
-            .err()
-            .expect("refused");
+        let err = unet_config("norm_num_groups", serde_json::json!(groups)).expect_err("refused");
         assert_config_error(
             err,
             "config.json",
@@ -136,9 +134,7 @@ fn group_counts_must_divide_the_channels() {
             &[&format!("16 channels cannot be split into {groups} groups")],
         );
     }
-    let err = unet_config("attn_norm_num_groups", serde_json::json!(3))
-        .err()
-        .expect("refused");
+    let err = unet_config("attn_norm_num_groups", serde_json::json!(3)).expect_err("refused");
     assert_config_error(
         err,
         "config.json",
@@ -146,9 +142,7 @@ fn group_counts_must_divide_the_channels() {
         &["cannot be split into 3 groups"],
     );
     for eps in [0.0, -1.0] {
-        let err = unet_config("norm_eps", serde_json::json!(eps))
-            .err()
-            .expect("refused");
+        let err = unet_config("norm_eps", serde_json::json!(eps)).expect_err("refused");
         assert_config_error(err, "config.json", "norm_eps", &["finite number > 0"]);
     }
 }

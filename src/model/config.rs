@@ -170,7 +170,7 @@ fn sample_size(f: &Fields) -> Result<Option<(usize, usize)>> {
 /// divide the channels, a non-positive epsilon.
 fn check_sizes(f: &Fields, c: &UNetConfig) -> Result<()> {
     let split = |key: &str, channels: usize, groups: usize| {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(f.error(
                 key,
                 format!("{channels} channels cannot be split into {groups} groups"),
