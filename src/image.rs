@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 /// The colour between grid tiles: visibly apart from black and white backgrounds.
 const GRID_GAP_GRAY: u8 = 96;
 
+/// The largest grid picture [`Image8::grid`] builds: 1 GiB of pixels.
+pub const MAX_GRID_BYTES: usize = 1 << 30;
+
 /// An 8-bit image, row-major, `channels` interleaved (1 = gray, 3 = RGB).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image8 {
@@ -68,7 +71,8 @@ impl Image8 {
     }
 
     /// Tiles `images` (all the same size) `columns` wide with `gap` pixels of gray
-    /// between them, each magnified `scale` times (nearest neighbour).
+    /// between them, each magnified `scale` times (nearest neighbour). A picture of
+    /// more than [`MAX_GRID_BYTES`] is an error.
     pub fn grid(images: &[Image8], columns: usize, gap: usize, scale: usize) -> Result<Image8> {
         let first = images
             .first()
@@ -81,10 +85,30 @@ impl Image8 {
         }
         let columns = columns.clamp(1, images.len());
         let rows = images.len().div_ceil(columns);
-        let (cw, ch) = (first.width * scale, first.height * scale);
-        let width = columns * cw + (columns + 1) * gap;
-        let height = rows * ch + (rows + 1) * gap;
         let c = first.channels;
+        // Tile and picture sizes, None on overflow.
+        let side = |tiles: usize, tile: usize| {
+            tiles
+                .checked_mul(tile.checked_mul(scale)?)?
+                .checked_add(tiles.checked_add(1)?.checked_mul(gap)?)
+        };
+        let size = (|| {
+            let (width, height) = (side(columns, first.width)?, side(rows, first.height)?);
+            let bytes = width.checked_mul(height)?.checked_mul(c)?;
+            Some((width, height, bytes)).filter(|&(_, _, b)| b <= MAX_GRID_BYTES)
+        })();
+        let Some((width, height, _)) = size else {
+            return Err(Error::invalid(
+                "grid",
+                format!(
+                    "{} images of {}×{} at scale {scale} in {columns} columns make a picture of more than {MAX_GRID_BYTES} bytes; use fewer images or a smaller scale",
+                    images.len(),
+                    first.width,
+                    first.height
+                ),
+            ));
+        };
+        let (cw, ch) = (first.width * scale, first.height * scale);
         let mut pixels = vec![GRID_GAP_GRAY; width * height * c];
         for (n, image) in images.iter().enumerate() {
             let x0 = gap + (n % columns) * (cw + gap);
@@ -138,5 +162,32 @@ mod tests {
         assert_eq!(g.pixels[4 * g.width + 1], 20);
         assert_eq!(g.pixels[4 * g.width + 4], GRID_GAP_GRAY);
         assert_eq!(g.pixels[0], GRID_GAP_GRAY);
+    }
+
+    #[test]
+    fn oversized_grids_are_errors_not_allocations() {
+        let tile = Image8 {
+            width: 28,
+            height: 28,
+            channels: 1,
+            pixels: vec![0; 28 * 28],
+        };
+        // 28·10⁹ pixels a side is far past the limit; a scale of usize::MAX
+        // overflows the tile size.
+        for scale in [1_000_000_000, usize::MAX] {
+            let e = Image8::grid(std::slice::from_ref(&tile), 1, 2, scale).expect_err("too large");
+            match e {
+                Error::InvalidArgument { name, message } => {
+                    assert_eq!(name, "grid");
+                    assert!(
+                        message.contains("28×28") && message.contains("1073741824"),
+                        "{message}"
+                    );
+                }
+                other => panic!("{other}"),
+            }
+        }
+        let g = Image8::grid(&[tile], 1, 0, 1).expect("small grid");
+        assert_eq!((g.width, g.height), (28, 28));
     }
 }

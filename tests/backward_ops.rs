@@ -7,6 +7,7 @@ use diffsteer::backend::cpu::CpuBackend;
 use diffsteer::backend::{Activation, Backend, Conv2dGeometry};
 use diffsteer::rng::{normal_vec, NoiseStream};
 use diffsteer::tensor::Tensor;
+use diffsteer::Error;
 
 fn random(b: &CpuBackend, shape: &[usize], seed: u64) -> Tensor {
     let n = shape.iter().product();
@@ -135,31 +136,77 @@ fn bad_shapes_are_errors() {
     let b = CpuBackend::new();
     let x = random(&b, &[2, 5, 5, 3], 1);
     let mut y = random(&b, &[2, 5, 5, 4], 2);
-    let errors = [
-        b.avg_pool(&x, 6).map(|_| ()),
-        b.avg_pool(&x, 0).map(|_| ()),
-        b.avg_pool_backward(&x, 2, 5, 5).map(|_| ()),
-        b.col2im(&x, [2, 5, 5, 3], (3, 3), &Conv2dGeometry::symmetric(1, 1))
-            .map(|_| ()),
-        b.col2im(
-            &random(&b, &[50, 27], 3),
-            [2, 5, 5, 3],
-            (3, 3),
-            &Conv2dGeometry::symmetric(1, 9),
-        )
-        .map(|_| ()),
-        b.mul_assign(&mut y, &x),
+    let patches = random(&b, &[50, 27], 3);
+    let input = [2, 5, 5, 3];
+    // (the call, the op the error must name, what its message must say)
+    let cases: Vec<(Result<(), Error>, &str, &str)> = vec![
+        (
+            b.avg_pool(&x, 6).map(|_| ()),
+            "avg_pool",
+            "a 6×6 window does not fit a 5×5 map",
+        ),
+        (
+            b.avg_pool(&x, 0).map(|_| ()),
+            "avg_pool",
+            "a 0×0 window does not fit a 5×5 map",
+        ),
+        (
+            b.avg_pool(&patches, 2).map(|_| ()),
+            "avg_pool",
+            "expected a 4-D NHWC tensor, got shape [50, 27]",
+        ),
+        (
+            b.avg_pool_backward(&x, 2, 5, 5).map(|_| ()),
+            "avg_pool_backward",
+            "a 2×2 pooling of 5×5 gives 2×2, the gradient is 5×5",
+        ),
+        (
+            b.col2im(&x, input, (3, 3), &Conv2dGeometry::symmetric(1, 1))
+                .map(|_| ()),
+            "col2im",
+            "patch gradients of shape [2, 5, 5, 3]; an input of [2, 5, 5, 3] needs [50, 27]",
+        ),
+        // Padding 9 makes a 21 × 21 output: 2·21·21 = 882 patch rows, not 50.
+        (
+            b.col2im(&patches, input, (3, 3), &Conv2dGeometry::symmetric(1, 9))
+                .map(|_| ()),
+            "col2im",
+            "needs [882, 27]",
+        ),
+        (
+            b.col2im(&patches, input, (7, 7), &Conv2dGeometry::symmetric(1, 0))
+                .map(|_| ()),
+            "col2im",
+            "a 7×7 kernel",
+        ),
+        (
+            b.col2im(&patches, input, (3, 3), &Conv2dGeometry::symmetric(0, 1))
+                .map(|_| ()),
+            "col2im",
+            "does not fit a 5×5 input",
+        ),
+        (
+            b.mul_assign(&mut y, &x),
+            "mul",
+            "[2, 5, 5, 4] vs [2, 5, 5, 3]",
+        ),
     ];
-    for (i, e) in errors.into_iter().enumerate() {
-        let message = e.expect_err("bad shape accepted").to_string();
-        assert!(!message.is_empty(), "case {i}");
+    for (i, (result, want_op, want_message)) in cases.into_iter().enumerate() {
+        match result {
+            Err(Error::Shape { op, message }) => {
+                assert_eq!(op, want_op, "case {i}: {message}");
+                assert!(
+                    message.contains(want_message),
+                    "case {i} ({op}): {message:?} does not say {want_message:?}"
+                );
+            }
+            Err(other) => panic!("case {i}: expected a shape error from {want_op}, got {other}"),
+            Ok(()) => panic!("case {i}: {want_op} accepted a bad shape"),
+        }
     }
     // The right shapes pass: 2·5·5 output pixels of 3·3·3 patch entries.
-    b.col2im(
-        &random(&b, &[50, 27], 3),
-        [2, 5, 5, 3],
-        (3, 3),
-        &Conv2dGeometry::symmetric(1, 1),
-    )
-    .expect("valid col2im");
+    let dx = b
+        .col2im(&patches, input, (3, 3), &Conv2dGeometry::symmetric(1, 1))
+        .expect("valid col2im");
+    assert_eq!(dx.shape(), input);
 }

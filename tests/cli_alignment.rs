@@ -7,7 +7,16 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::sync::Arc;
+
 use common::{assert_usage_error, fixtures};
+use diffsteer::reward::{Classifier, ClassifierReward, Reward, SampleShape};
+use diffsteer::rng::NoiseStream;
+use diffsteer::schedule::{self, ScheduleOptions, SchedulerKind};
+use diffsteer::{
+    Alignment, Condition, CpuBackend, Guidance, Image8, ModelFolder, NoiseSource, PhiloxNoise,
+    SampleOutput, SampleSpec, Sampler,
+};
 
 fn diffsteer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_diffsteer"))
@@ -85,6 +94,139 @@ fn steered_generation_records_rewards_and_particles() {
         // Feynman-Kac on DDIM draws fresh noise by default.
         assert_eq!(line["eta"], 1.0);
     }
+}
+
+/// Gives a run with one particle per sample the noise streams of particle `.0` of a
+/// steered run (see tests/alignment.rs).
+struct AsParticle(u32);
+
+impl NoiseSource for AsParticle {
+    fn fill(
+        &self,
+        index: usize,
+        seed: u64,
+        stream: NoiseStream,
+        out: &mut [f32],
+    ) -> diffsteer::Result<()> {
+        PhiloxNoise.fill(index, seed, stream.for_particle(self.0), out)
+    }
+}
+
+/// `--steer best-of-n` writes the particle with the best final reward: each image's
+/// 3 particles are run alone through the library, scored with the same classifier,
+/// and the written PNG, `particle` and `reward_value` must be the best one's.
+#[test]
+fn best_of_n_writes_the_particle_with_the_best_final_reward() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let (count, particles, seed) = (4usize, 3usize, 20u64);
+    let result = generate(
+        &out,
+        &[
+            "--class",
+            "none",
+            "--reward",
+            "classifier:3",
+            "--reward-scale",
+            "0",
+            "--particles",
+            "3",
+            "--steer",
+            "best-of-n",
+            "--scheduler",
+            "ddim",
+            "--eta",
+            "1",
+            "--count",
+            "4",
+            "--seed",
+            "20",
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let metadata = std::fs::read_to_string(out.join("metadata.jsonl")).expect("metadata");
+    let lines: Vec<serde_json::Value> = metadata
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), count);
+
+    // The same images through the library, one particle at a time.
+    let backend = CpuBackend::new();
+    let folder = ModelFolder::locate(root().join("weights/digits")).expect("model");
+    let unet = folder.load_unet(&backend).expect("unet");
+    let scheduler = schedule::build(
+        SchedulerKind::Ddim,
+        &folder.load_scheduler_config().expect("scheduler config"),
+        4,
+        &ScheduleOptions {
+            eta: 1.0,
+            karras: None,
+        },
+    )
+    .expect("scheduler");
+    let sampler = Sampler::new(&backend, &unet, scheduler.as_ref()).expect("sampler");
+    let classifier =
+        Arc::new(Classifier::load(&root().join("weights/digit-classifier")).expect("classifier"));
+    let reward = ClassifierReward::new(classifier, 3).expect("reward");
+    let specs: Vec<SampleSpec> = (0..count as u64)
+        .map(|i| SampleSpec {
+            seed: seed + i,
+            condition: Condition::Unconditional,
+            guidance: Guidance::cfg(3.0),
+        })
+        .collect();
+    let alone: Vec<Vec<SampleOutput>> = (0..particles)
+        .map(|p| {
+            sampler
+                .sample_aligned(
+                    &specs,
+                    &AsParticle(p as u32),
+                    &Alignment::none(),
+                    &mut |_| {},
+                )
+                .expect("one particle")
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let rewards: Vec<f32> = (0..particles)
+            .map(|p| {
+                reward
+                    .evaluate(SampleShape::new(28, 28, 1), &alone[p][i].data, None)
+                    .expect("reward")[0]
+            })
+            .collect();
+        let max = rewards.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let best = rewards.iter().position(|&r| r == max).expect("particles");
+        assert_eq!(
+            line["particle"].as_u64(),
+            Some(best as u64),
+            "image {i}: rewards {rewards:?}, {line}"
+        );
+        let written = line["reward_value"].as_f64().expect("reward_value");
+        assert!(
+            (written - max as f64).abs() <= 1e-6 * (max as f64).abs().max(1.0),
+            "image {i}: reward_value {written}, best particle's {max}"
+        );
+        let s = &alone[best][i];
+        let png = Image8::from_model_space(&s.data, s.height, s.width, s.channels)
+            .and_then(|img| img.encode_png())
+            .expect("png");
+        let file = line["file"].as_str().expect("file");
+        assert_eq!(
+            std::fs::read(out.join(file)).expect("png written"),
+            png,
+            "image {i}: {file} is not the best particle's image"
+        );
+        winners.push(best);
+    }
+    // The seeds are such that the survivor is not always particle 0.
+    assert!(winners.iter().any(|&w| w != 0), "winners {winners:?}");
 }
 
 #[test]

@@ -73,18 +73,108 @@ fn every_kernel_compiles_for_sm90_and_sm80_without_spills() {
             "{}.cu produced no CUBIN for {arch}",
             kernel.name
         );
-        let spills: Vec<&str> = report
-            .log
-            .lines()
-            .filter(|l| {
-                l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
-            })
-            .collect();
+        // ptxas must report on every kernel of the file: a missing report fails
+        // rather than passing as "no spills".
+        let what = format!("{}.cu {defines:?} for {arch}", kernel.name);
+        let entries = report.entry_resources();
+        let mut reported: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let mut expected = kernel.entry_points();
         assert!(
-            spills.is_empty(),
-            "{}.cu {defines:?} spills registers on {arch}:\n{}",
-            kernel.name,
-            spills.join("\n")
+            !expected.is_empty(),
+            "{what}: no kernels found in the source"
         );
+        reported.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(
+            reported, expected,
+            "{what}: ptxas reported on other kernels than the file defines; log:\n{}",
+            report.log
+        );
+        for e in &entries {
+            assert_eq!(e.arch, arch, "{what}: {e:?}");
+            let registers = e.registers.unwrap_or_else(|| {
+                panic!(
+                    "{what}: no register count for {}; log:\n{}",
+                    e.name, report.log
+                )
+            });
+            assert!(
+                (1..=255).contains(&registers),
+                "{what}: {} uses {registers} registers",
+                e.name
+            );
+            let (Some(stores), Some(loads)) = (e.spill_stores, e.spill_loads) else {
+                panic!(
+                    "{what}: no spill figures for {}; log:\n{}",
+                    e.name, report.log
+                );
+            };
+            assert!(
+                stores == 0 && loads == 0,
+                "{what}: {} spills registers ({stores} bytes stored, {loads} loaded)",
+                e.name
+            );
+        }
     }
+}
+
+/// The report parser against a log in ptxas' format, and a log without the figures.
+#[test]
+fn the_ptxas_report_is_parsed_and_required() {
+    let log = "ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'geglu' for 'sm_90'
+ptxas info    : Function properties for geglu
+    0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 30 registers, used 0 barriers, 380 bytes cmem[0]
+ptxas info    : Compiling entry function 'fill_rows' for 'sm_90'
+ptxas info    : Used 12 registers, 372 bytes cmem[0]
+";
+    let report = diffsteer::backend::cuda::kernels::CompileReport {
+        ptx_bytes: 1,
+        cubin_bytes: 1,
+        log: log.to_string(),
+    };
+    let entries = report.entry_resources();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (
+            entries[0].name.as_str(),
+            entries[0].arch.as_str(),
+            entries[0].registers,
+            entries[0].spill_stores,
+            entries[0].spill_loads
+        ),
+        ("geglu", "sm_90", Some(30), Some(8), Some(4))
+    );
+    // No "Function properties" block: the spill figures are unknown, not zero.
+    assert_eq!(entries[1].registers, Some(12));
+    assert_eq!(
+        (entries[1].spill_stores, entries[1].spill_loads),
+        (None, None)
+    );
+    let empty = diffsteer::backend::cuda::kernels::CompileReport {
+        log: String::new(),
+        ..report
+    };
+    assert!(empty.entry_resources().is_empty());
+}
+
+#[test]
+fn entry_points_are_read_from_the_sources() {
+    use diffsteer::backend::cuda::kernels::{ATTENTION, NORM, POOL};
+    assert_eq!(ATTENTION.entry_points(), ["attention_scalar"]);
+    assert_eq!(ATTENTION_MMA.entry_points(), ["attention_mma"]);
+    assert_eq!(
+        NORM.entry_points(),
+        ["group_norm_affine", "apply_affine", "layer_norm"]
+    );
+    assert_eq!(POOL.entry_points(), ["avg_pool", "avg_pool_backward"]);
+    let all: usize = ALL
+        .iter()
+        .chain(TENSOR_CORE_ONLY)
+        .map(|k| k.entry_points().len())
+        .sum();
+    // elementwise 16 (with the GELU family's four), conv 2, norm 3, attention 1, pool 2,
+    // guided_step 1, conv_mma 1.
+    assert_eq!(all, 26);
 }

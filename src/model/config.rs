@@ -111,10 +111,12 @@ impl UNetConfig {
                 ))
             }
         };
-        match class {
+        let config = match class {
             UNetClass::Unconditioned => parse_unet2d(f),
             UNetClass::Conditioned => parse_unet2d_condition(f),
-        }
+        }?;
+        check_sizes(f, &config)?;
+        Ok(config)
     }
 
     /// Number of ResNets whose outputs are kept as skip connections (one per down
@@ -128,9 +130,13 @@ impl UNetConfig {
     }
 }
 
+/// The largest `sample_size` side accepted (Stable Diffusion XL's latents are 128;
+/// pixel-space models 1024 at most): the sampler allocates latents of this size.
+pub const MAX_SAMPLE_SIZE: usize = 4096;
+
 fn sample_size(f: &Fields) -> Result<Option<(usize, usize)>> {
-    match f.get("sample_size") {
-        None => Ok(None),
+    let size = match f.get("sample_size") {
+        None => return Ok(None),
         Some(Value::Array(v)) if v.len() == 2 => {
             let h = v[0]
                 .as_u64()
@@ -138,18 +144,58 @@ fn sample_size(f: &Fields) -> Result<Option<(usize, usize)>> {
             let w = v[1]
                 .as_u64()
                 .ok_or_else(|| f.error("sample_size", "expected integers"))?;
-            Ok(Some((h as usize, w as usize)))
+            (h, w)
         }
-        Some(v) => v
-            .as_u64()
-            .map(|s| Some((s as usize, s as usize)))
-            .ok_or_else(|| {
-                f.error(
-                    "sample_size",
-                    format!("expected an integer or [height, width], found {v}"),
-                )
-            }),
+        Some(v) => v.as_u64().map(|s| (s, s)).ok_or_else(|| {
+            f.error(
+                "sample_size",
+                format!("expected an integer or [height, width], found {v}"),
+            )
+        })?,
+    };
+    let range = 1..=MAX_SAMPLE_SIZE as u64;
+    if !range.contains(&size.0) || !range.contains(&size.1) {
+        return Err(f.error(
+            "sample_size",
+            format!(
+                "{}×{} is outside 1 to {MAX_SAMPLE_SIZE} per side",
+                size.0, size.1
+            ),
+        ));
     }
+    Ok(Some((size.0 as usize, size.1 as usize)))
+}
+
+/// What diffusers' modules would refuse when built: group norms whose groups do not
+/// divide the channels, a non-positive epsilon.
+fn check_sizes(f: &Fields, c: &UNetConfig) -> Result<()> {
+    let split = |key: &str, channels: usize, groups: usize| {
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            return Err(f.error(
+                key,
+                format!("{channels} channels cannot be split into {groups} groups"),
+            ));
+        }
+        Ok(())
+    };
+    // Every ResNet's norms see sums of block_out_channels entries.
+    for &channels in &c.block_out_channels {
+        split("norm_num_groups", channels, c.norm_num_groups)?;
+    }
+    let blocks = c.down_blocks.iter().chain(&c.up_blocks);
+    let mixers = blocks.map(|b| (b.out_channels, b.mixer));
+    for (channels, mixer) in mixers.chain(c.mid.iter().map(|m| (m.channels, m.mixer))) {
+        if let Mixer::SelfAttention { groups, .. } = mixer {
+            split("attn_norm_num_groups", channels, groups)?;
+        }
+    }
+    if !(c.norm_eps.is_finite() && c.norm_eps > 0.0) {
+        return Err(f.error(
+            "norm_eps",
+            format!("must be a finite number > 0, found {}", c.norm_eps),
+        ));
+    }
+    Ok(())
 }
 
 fn check_act_fn(f: &Fields) -> Result<()> {

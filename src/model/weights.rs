@@ -15,9 +15,26 @@ use crate::error::{Error, Result};
 
 const HEADER_LEN_BYTES: usize = 8;
 
+/// The bytes of a weight file: memory-mapped from disk, or held in memory.
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 pub struct WeightFile {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     data_start: usize,
     metadata: Metadata,
     used: RefCell<BTreeSet<String>>,
@@ -32,6 +49,16 @@ impl WeightFile {
         // file is not truncated by another process while it is loaded.
         let map =
             unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, "cannot memory-map", e))?;
+        Self::parse(path, Bytes::Mapped(map))
+    }
+
+    /// A safetensors file already in memory; `path` names it in messages. Checked
+    /// exactly as [`WeightFile::open`] checks a file on disk.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(path.into(), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, map: Bytes) -> Result<Self> {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
                 path: path.clone(),

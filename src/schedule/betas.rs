@@ -40,6 +40,10 @@ impl BetaSchedule {
     }
 }
 
+/// The most training timesteps a scheduler config may declare (diffusers' models use
+/// 1000, a few 4000): the schedule's tables are allocated at this length.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 /// The training noise schedule of a scheduler config.
 #[derive(Debug, Clone)]
 pub struct TrainSchedule {
@@ -55,10 +59,10 @@ impl TrainSchedule {
     /// `trained_betas` and `rescale_betas_zero_snr` as diffusers' class `kind` does.
     pub fn from_config(config: &SchedulerConfig, kind: SchedulerKind) -> Result<Self> {
         let n = config.usize("num_train_timesteps", 1000)?;
-        if n < 2 {
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
             return Err(config.error(
                 "num_train_timesteps",
-                format!("found {n}; must be at least 2"),
+                format!("found {n}; must be 2 to {MAX_TRAIN_TIMESTEPS}"),
             ));
         }
         let beta_start = config.f64("beta_start", 0.0001)?;
@@ -298,7 +302,10 @@ pub fn spaced_timesteps(
             let ratio = num_train / n;
             (0..n)
                 .rev()
-                .map(|i| (i * ratio + steps_offset) as f64)
+                // Summed in f64: exact for every real offset, and an absurd one
+                // (up to 2^64 − 1) cannot overflow; callers refuse timesteps
+                // past the training schedule.
+                .map(|i| (i * ratio) as f64 + steps_offset as f64)
                 .collect()
         }
         TimestepSpacing::Trailing => {

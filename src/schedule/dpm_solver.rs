@@ -228,7 +228,11 @@ fn dpm_timesteps(
         }
         TimestepSpacing::Leading => {
             let ratio = last / (n + 1);
-            (1..=n).rev().map(|i| (i * ratio + offset) as f64).collect()
+            // In f64, as `spaced_timesteps`: no overflow for any offset.
+            (1..=n)
+                .rev()
+                .map(|i| (i * ratio) as f64 + offset as f64)
+                .collect()
         }
         // See `spaced_timesteps` for the extra entry numpy can produce here.
         TimestepSpacing::Trailing => np_arange_down_to_zero(last as f64, n_train as f64 / n as f64)

@@ -105,8 +105,14 @@ struct Field {
 }
 
 impl Field {
+    /// The field's first input element in kernel row `ky` (one inside the image:
+    /// `ky` in `ky_lo..ky_hi`). Summed in `isize`: the row's start may lie before the
+    /// image's first element when the field hangs over its top-left corner, which
+    /// wrapped around `usize` (and panicked in builds with overflow checks).
     fn x_at(&self, ky: usize) -> usize {
-        (self.origin + ky as isize * self.row_stride) as usize + self.kx_lo * self.cin
+        let at = self.origin + ky as isize * self.row_stride + (self.kx_lo * self.cin) as isize;
+        debug_assert!(at >= 0, "kernel row {ky} lies outside the image");
+        at as usize
     }
     fn tap_at(&self, ky: usize) -> usize {
         (ky * self.kernel_w + self.kx_lo) * self.cin
@@ -303,6 +309,42 @@ impl Kernel<'_> {
 mod tests {
     use super::super::test_support::{pseudo_random, reference, rel_l2};
     use super::*;
+
+    /// The top-left output pixel of a padded convolution: its field's rows start
+    /// before the image (origin −12). Found by fuzzing the reward classifier: with
+    /// overflow checks (debug builds, fuzz builds) this panicked.
+    #[test]
+    fn fields_over_the_top_left_corner_start_inside_the_image() {
+        let (h, w, cin) = (5, 5, 2);
+        let s = ConvDims {
+            batch: 1,
+            height: h,
+            width: w,
+            in_channels: cin,
+            kernel_h: 3,
+            kernel_w: 3,
+            out_channels: 1,
+            out_height: h,
+            out_width: w,
+        };
+        let g = Conv2dGeometry::symmetric(1, 1);
+        let kernel = Kernel {
+            x: &[],
+            weight: &[],
+            per_output: &[],
+            bias: None,
+            s: &s,
+            g: &g,
+        };
+        let f = kernel.field(0, 0, 0);
+        assert_eq!(f.origin, -12);
+        assert_eq!((f.ky_lo, f.ky_hi, f.kx_lo, f.kx_hi), (1, 3, 1, 3));
+        // Rows 0 and 1 of the image, from column 0.
+        assert_eq!((f.x_at(1), f.x_at(2)), (0, 10));
+        // Pixel (0, 4) of image 0: columns 3 and 4 of rows 0 and 1.
+        let f = kernel.field(0, 0, 4);
+        assert_eq!((f.x_at(1), f.x_at(2), f.len()), (6, 16, 4));
+    }
 
     #[test]
     fn matches_a_direct_convolution_for_thin_inputs_and_outputs() {

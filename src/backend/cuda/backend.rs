@@ -11,10 +11,10 @@ use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 use super::device::CudaDevice;
 use super::kernels::{
-    attention_mma_block_q, causal_attention_defines, conv_geometry_args, conv_mma_tiles,
-    elem_define, head_dim_define, pool_geometry_args, KernelSource, ATTENTION, ATTENTION_MMA,
-    ATTENTION_MMA_THREADS, CONV, CONV_MMA, CONV_MMA_THREADS, ELEMENTWISE, GUIDED_STEP,
-    GUIDED_STEP_THREADS, NORM, POOL,
+    attention_mma_launch, attention_scalar_launch, causal_attention_defines, conv_geometry_args,
+    conv_mma_launch, conv_mma_tiles, elem_define, grid_stride_launch, group_norm_stats_launch,
+    guided_step_launch, head_dim_define, layer_norm_launch, pool_geometry_args, KernelSource,
+    Launch, ATTENTION, ATTENTION_MMA, CONV, CONV_MMA, ELEMENTWISE, GUIDED_STEP, NORM, POOL,
 };
 use crate::backend::guided_step::{check_step, kernel_tables};
 use crate::backend::shapes::{self, ConvDims};
@@ -24,10 +24,6 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::tensor::{CudaData, Precision, Tensor};
 
-const BLOCK: u32 = 256;
-/// Enough blocks to fill an H100/H200-class GPU several times over; grid-stride
-/// loops cover the rest.
-const MAX_BLOCKS: u64 = 132 * 16;
 /// im2col buffers are cut into pieces of at most this many elements.
 const IM2COL_CHUNK_ELEMENTS: usize = 1 << 26;
 /// Below this many output tiles the implicit GEMM (no split-K) leaves most of an
@@ -48,12 +44,18 @@ fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) ->
     r.map_err(|e| Error::Cuda(format!("{what}: {e:?}")))
 }
 
-fn grid_for(n: u64) -> LaunchConfig {
+/// The launch configuration of `launch` (static shared memory only).
+fn config(launch: Launch) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (n.div_ceil(BLOCK as u64).clamp(1, MAX_BLOCKS) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
+        grid_dim: launch.grid,
+        block_dim: (launch.block, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// A grid-stride kernel over `n` elements (see [`grid_stride_launch`]).
+fn grid_for(n: u64) -> LaunchConfig {
+    config(grid_stride_launch(n))
 }
 
 impl CudaBackend {
@@ -436,11 +438,7 @@ impl CudaBackend {
             l.arg(v);
         }
         l.arg(&cout);
-        let cfg = LaunchConfig {
-            grid_dim: (conv_mma_tiles(d) as u32, 1, 1),
-            block_dim: (CONV_MMA_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(conv_mma_launch(d));
         // SAFETY: the shapes were checked (conv2d, conv_epilogue, the 8-channel
         // multiples); the kernel bounds every pixel by n·oh·ow and channel by cout.
         drv("launching conv_mma", unsafe { l.launch(cfg) })?;
@@ -521,23 +519,11 @@ impl CudaBackend {
             .arg(&lk32)
             .arg(&h32)
             .arg(&scale);
-        let cfg = if tensor_cores {
-            // Static shared memory only.
-            let block_q = attention_mma_block_q(d.head_dim);
-            LaunchConfig {
-                grid_dim: (d.q_len.div_ceil(block_q) as u32, h32, b32),
-                block_dim: (ATTENTION_MMA_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            }
+        let cfg = config(if tensor_cores {
+            attention_mma_launch(d.head_dim, d.batch, d.heads, d.q_len)
         } else {
-            // One warp per (image, head, query row).
-            let warps = (d.batch * d.heads * d.q_len) as u64;
-            LaunchConfig {
-                grid_dim: (warps.div_ceil(4) as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            }
-        };
+            attention_scalar_launch(d.batch, d.heads, d.q_len)
+        });
         // SAFETY: the buffers hold the checked shapes; each kernel bounds its rows by
         // lq and lk and its columns by heads · HEAD_DIM.
         drv(&format!("launching {name}"), unsafe { l.launch(cfg) })?;
@@ -655,11 +641,7 @@ impl Backend for CudaBackend {
             .arg(&c32)
             .arg(&g32)
             .arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: ((n * groups) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(group_norm_stats_launch(n, groups));
         // SAFETY: one block per (sample, group); affine holds n·2c floats.
         drv("launching group_norm_affine", unsafe { l.launch(cfg) })?;
         let total = x.len() as u64;
@@ -695,12 +677,7 @@ impl Backend for CudaBackend {
             .arg(&cols)
             .arg(&rows64)
             .arg(&eps);
-        let warps_per_block = 4u64;
-        let cfg = LaunchConfig {
-            grid_dim: (rows64.div_ceil(warps_per_block).max(1) as u32, 1, 1),
-            block_dim: (32 * warps_per_block as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(layer_norm_launch(rows64));
         // SAFETY: one warp per row; out and x hold rows·c floats.
         drv("launching layer_norm", unsafe { l.launch(cfg) })?;
         Tensor::from_cuda(x.shape(), out)
@@ -992,11 +969,7 @@ impl Backend for CudaBackend {
             .arg(&coeffs)
             .arg(&row_table)
             .arg(&per32);
-        let cfg = LaunchConfig {
-            grid_dim: (slots.len() as u32, 1, 1),
-            block_dim: (GUIDED_STEP_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = config(guided_step_launch(slots.len()));
         // SAFETY: check_step verified every row index and buffer length; the kernel
         // reads history, noise and shift only where their weight is non-zero, which
         // check_step ties to a full buffer.

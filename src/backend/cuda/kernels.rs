@@ -90,6 +90,100 @@ pub const ATTENTION_MMA_HEAD_DIMS: &[usize] = &[16, 40, 64, 80, 128, 160];
 /// single 512-wide head of SD's VAE mid-block attention.
 pub const ATTENTION_HEAD_DIMS: &[usize] = &[8, 16, 40, 64, 80, 128, 160, 512];
 
+/// The grid and block of one launch (every kernel uses 1-D blocks), shared by the
+/// backend and the tests that run the kernels' source on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: u32,
+}
+
+/// Threads per block of the grid-stride kernels and of group norm's statistics.
+pub const BLOCK: u32 = 256;
+
+/// Enough blocks to fill an H100/H200-class GPU several times over; grid-stride
+/// loops cover the rest.
+pub const MAX_BLOCKS: u64 = 132 * 16;
+
+/// A grid-stride kernel over `n` elements: one thread per element, at most
+/// [`MAX_BLOCKS`] blocks of [`BLOCK`].
+pub fn grid_stride_launch(n: u64) -> Launch {
+    grid_stride_launch_capped(n, MAX_BLOCKS)
+}
+
+/// [`grid_stride_launch`] with at most `max_blocks` blocks (tests use a small cap to
+/// make every thread loop).
+pub fn grid_stride_launch_capped(n: u64, max_blocks: u64) -> Launch {
+    Launch {
+        grid: (
+            n.div_ceil(BLOCK as u64).clamp(1, max_blocks.max(1)) as u32,
+            1,
+            1,
+        ),
+        block: BLOCK,
+    }
+}
+
+/// kernels/norm.cu's `group_norm_affine`: one block per (sample, group).
+pub fn group_norm_stats_launch(samples: usize, groups: usize) -> Launch {
+    Launch {
+        grid: ((samples * groups) as u32, 1, 1),
+        block: BLOCK,
+    }
+}
+
+/// Rows (warps) per block of kernels/norm.cu's `layer_norm`.
+pub const LAYER_NORM_ROWS_PER_BLOCK: u64 = 4;
+
+/// kernels/norm.cu's `layer_norm`: one warp per row.
+pub fn layer_norm_launch(rows: u64) -> Launch {
+    Launch {
+        grid: (rows.div_ceil(LAYER_NORM_ROWS_PER_BLOCK).max(1) as u32, 1, 1),
+        block: 32 * LAYER_NORM_ROWS_PER_BLOCK as u32,
+    }
+}
+
+/// Warps per block of kernels/attention.cu (its WARPS_PER_BLOCK).
+pub const ATTENTION_SCALAR_WARPS: u64 = 4;
+
+/// kernels/attention.cu's `attention_scalar`: one warp per (image, head, query row).
+pub fn attention_scalar_launch(batch: usize, heads: usize, q_len: usize) -> Launch {
+    let warps = (batch * heads * q_len) as u64;
+    Launch {
+        grid: (warps.div_ceil(ATTENTION_SCALAR_WARPS) as u32, 1, 1),
+        block: 32 * ATTENTION_SCALAR_WARPS as u32,
+    }
+}
+
+/// kernels/attention_mma.cu: a block per [`attention_mma_block_q`] query rows of one
+/// head of one image.
+pub fn attention_mma_launch(head_dim: usize, batch: usize, heads: usize, q_len: usize) -> Launch {
+    Launch {
+        grid: (
+            q_len.div_ceil(attention_mma_block_q(head_dim)) as u32,
+            heads as u32,
+            batch as u32,
+        ),
+        block: ATTENTION_MMA_THREADS,
+    }
+}
+
+/// kernels/conv_mma.cu: one block per output tile.
+pub fn conv_mma_launch(d: &ConvDims) -> Launch {
+    Launch {
+        grid: (conv_mma_tiles(d) as u32, 1, 1),
+        block: CONV_MMA_THREADS,
+    }
+}
+
+/// kernels/guided_step.cu: one block per slot.
+pub fn guided_step_launch(slots: usize) -> Launch {
+    Launch {
+        grid: (slots as u32, 1, 1),
+        block: GUIDED_STEP_THREADS,
+    }
+}
+
 /// Threads per block of kernels/attention_mma.cu (4 warps).
 pub const ATTENTION_MMA_THREADS: u32 = 128;
 
@@ -225,6 +319,103 @@ impl CompileReport {
                 l.contains("registers") || l.contains("spill") || l.contains("Compiling entry")
             })
             .collect()
+    }
+
+    /// ptxas' figures for each entry function of the log (`ptxas -v`), in log order:
+    /// from "Compiling entry function 'NAME' for 'ARCH'", the "N bytes stack frame,
+    /// S bytes spill stores, L bytes spill loads" line under "Function properties for
+    /// NAME", and "Used R registers". An entry whose lines are missing or unreadable
+    /// has `None` in those fields.
+    pub fn entry_resources(&self) -> Vec<EntryResources> {
+        let mut entries: Vec<EntryResources> = Vec::new();
+        let mut properties_of: Option<String> = None;
+        for line in self.log.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                let mut parts = rest.split('\'');
+                let name = parts.next().unwrap_or_default().to_string();
+                let arch = parts.nth(1).unwrap_or_default().to_string();
+                entries.push(EntryResources {
+                    name,
+                    arch,
+                    registers: None,
+                    spill_stores: None,
+                    spill_loads: None,
+                });
+                properties_of = None;
+            } else if let Some(name) = line.split("Function properties for ").nth(1) {
+                properties_of = Some(name.trim().to_string());
+            } else if line.contains("spill stores") {
+                let current = entries
+                    .last_mut()
+                    .filter(|e| properties_of.as_deref() == Some(e.name.as_str()));
+                if let Some(e) = current {
+                    e.spill_stores = number_before(line, "bytes spill stores");
+                    e.spill_loads = number_before(line, "bytes spill loads");
+                }
+            } else if let Some(rest) = line.split("Used ").nth(1) {
+                if let Some(e) = entries.last_mut() {
+                    if rest.contains("registers") {
+                        e.registers = number_before(line, "registers");
+                    }
+                }
+            }
+        }
+        entries
+    }
+}
+
+/// The whole number just before `unit` in `line` ("0 bytes spill stores").
+fn number_before(line: &str, unit: &str) -> Option<u64> {
+    let before = &line[..line.find(unit)?];
+    before.split_whitespace().next_back()?.parse().ok()
+}
+
+/// ptxas' resource figures for one entry function (see [`CompileReport::entry_resources`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryResources {
+    pub name: String,
+    pub arch: String,
+    pub registers: Option<u64>,
+    pub spill_stores: Option<u64>,
+    pub spill_loads: Option<u64>,
+}
+
+impl KernelSource {
+    /// The names of the file's kernels (its `extern "C" __global__` functions), in
+    /// source order.
+    pub fn entry_points(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for piece in self.source.split("extern \"C\" __global__").skip(1) {
+            let mut rest = piece.trim_start();
+            rest = rest.strip_prefix("void").unwrap_or(rest).trim_start();
+            if let Some(bounds) = rest.strip_prefix("__launch_bounds__") {
+                // Skip the parenthesised bounds, which may nest.
+                let mut depth = 0usize;
+                let mut end = bounds.len();
+                for (i, ch) in bounds.char_indices() {
+                    match ch {
+                        '(' => depth += 1,
+                        ')' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                end = i + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                rest = bounds[end..].trim_start();
+            }
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                names.push(name);
+            }
+        }
+        names
     }
 }
 

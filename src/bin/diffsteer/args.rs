@@ -14,7 +14,7 @@ use diffsteer::tensor::Precision;
 )]
 pub struct Cli {
     /// CPU threads to use (default: one per core; also RAYON_NUM_THREADS).
-    #[arg(long, global = true, value_parser = parse_positive, allow_negative_numbers = true)]
+    #[arg(long, global = true, value_parser = parse_threads, allow_negative_numbers = true)]
     pub threads: Option<usize>,
 
     #[command(subcommand)]
@@ -114,6 +114,38 @@ fn parse_positive(s: &str) -> Result<usize, String> {
         Ok(n) => Err(format!("must be at least 1, got {n}")),
         Err(_) => Err("expected a whole number ≥ 1".to_string()),
     }
+}
+
+/// Most images of one `generate` or `eval` run (`generate` names its files with six
+/// digits, 000000.png to 999999.png).
+pub const MAX_IMAGES: usize = 1_000_000;
+/// Most CPU threads `--threads` starts.
+pub const MAX_THREADS: usize = 4096;
+/// Largest `--grid-scale` (the grid's tiles are that many times the image size).
+pub const MAX_GRID_SCALE: usize = 64;
+/// Most target classes of one `eval` run.
+pub const MAX_TARGETS: usize = 1024;
+
+/// A whole number in `1..=max`.
+fn parse_at_most(s: &str, max: usize) -> Result<usize, String> {
+    match s.parse::<i128>() {
+        Ok(n) if n >= 1 && n <= max as i128 => Ok(n as usize),
+        Ok(n) if n < 1 => Err(format!("must be at least 1, got {n}")),
+        Ok(n) => Err(format!("must be at most {max}, got {n}")),
+        Err(_) => Err(format!("expected a whole number from 1 to {max}")),
+    }
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    parse_at_most(s, MAX_IMAGES)
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    parse_at_most(s, MAX_THREADS)
+}
+
+fn parse_grid_scale(s: &str) -> Result<usize, String> {
+    parse_at_most(s, MAX_GRID_SCALE)
 }
 
 fn parse_seed(s: &str) -> Result<u64, String> {
@@ -222,8 +254,8 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "S", value_parser = parse_unit_f64, allow_negative_numbers = true)]
     pub strength: Option<f64>,
 
-    /// Number of images.
-    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_positive, allow_negative_numbers = true)]
+    /// Number of images (at most 1000000).
+    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: usize,
 
     /// Images per model call (memory and speed only: results do not depend on it).
@@ -257,7 +289,7 @@ pub struct GenerateArgs {
     pub cfg_rescale: f32,
 
     /// Apply CFG only on steps START..STOP (0-based, STOP exclusive), e.g. 0:30.
-    #[arg(long = "cfg-interval", value_name = "START:STOP", value_parser = parse_interval)]
+    #[arg(long = "cfg-interval", value_name = "START:STOP", value_parser = parse_interval, allow_hyphen_values = true)]
     pub cfg_interval: Option<(usize, usize)>,
 
     /// How the predictions are combined: cfg, apg (adaptive projected guidance) or
@@ -280,7 +312,7 @@ pub struct GenerateArgs {
     pub apg_momentum: Option<f32>,
 
     /// CFG-Zero*: steps whose prediction is zero (default 1).
-    #[arg(long = "zero-init-steps", value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
+    #[arg(long = "zero-init-steps", value_name = "N", value_parser = parse_whole, allow_negative_numbers = true)]
     pub zero_init_steps: Option<usize>,
 
     /// Seed of the first image; image i uses seed + i.
@@ -296,7 +328,7 @@ pub struct GenerateArgs {
     pub grid: Option<PathBuf>,
 
     /// Magnification of the grid's tiles.
-    #[arg(long = "grid-scale", value_name = "N", default_value = "1", value_parser = parse_positive, allow_negative_numbers = true)]
+    #[arg(long = "grid-scale", value_name = "N", default_value = "1", value_parser = parse_grid_scale, allow_negative_numbers = true)]
     pub grid_scale: usize,
 
     /// Replace results already in --out (otherwise a folder holding metadata.jsonl is refused).
@@ -346,7 +378,7 @@ pub struct AlignArgs {
 
     /// Steps START:STOP (0-based, stop exclusive) where reward guidance acts.
     /// Default: all but the last tenth of the steps.
-    #[arg(long = "reward-window", value_name = "START:STOP", value_parser = parse_interval)]
+    #[arg(long = "reward-window", value_name = "START:STOP", value_parser = parse_interval, allow_hyphen_values = true)]
     pub reward_window: Option<(usize, usize)>,
 
     /// Gradient evaluations per step (x0 form). Default 1.
@@ -383,7 +415,7 @@ pub struct AlignArgs {
     pub fk_every: Option<usize>,
 
     /// Steps START:STOP after which resampling may happen. Default: all.
-    #[arg(long = "fk-window", value_name = "START:STOP", value_parser = parse_interval)]
+    #[arg(long = "fk-window", value_name = "START:STOP", value_parser = parse_interval, allow_hyphen_values = true)]
     pub fk_window: Option<(usize, usize)>,
 
     /// Resample only when the effective sample size drops below N/2.
@@ -402,7 +434,7 @@ pub enum GuidanceArg {
     CfgZeroStar,
 }
 
-fn parse_count(s: &str) -> Result<usize, String> {
+fn parse_whole(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
         .map_err(|_| "expected a whole number ≥ 0".to_string())
 }
@@ -694,7 +726,7 @@ pub struct EvalArgs {
     pub sweep: Sweep,
 
     /// Images per target and setting (seeds seed, seed+1, ...).
-    #[arg(long, value_name = "N", default_value = "20", value_parser = parse_positive, allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", default_value = "20", value_parser = parse_count, allow_negative_numbers = true)]
     pub count: usize,
 
     /// Images per model call.
@@ -802,9 +834,15 @@ fn parse_targets(s: &str) -> Result<Targets, String> {
                 if a > b {
                     return Err(bad());
                 }
+                if b - a >= MAX_TARGETS {
+                    return Err(format!("{part:?} names more than {MAX_TARGETS} targets"));
+                }
                 out.extend(a..=b);
             }
             None => out.push(part.parse::<usize>().map_err(|_| bad())?),
+        }
+        if out.len() > MAX_TARGETS {
+            return Err(format!("more than {MAX_TARGETS} targets"));
         }
     }
     if out.is_empty() {

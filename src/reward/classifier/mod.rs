@@ -139,15 +139,27 @@ impl Classifier {
 
     /// [`Classifier::load`] with the weights on `backend`, where every call then runs.
     pub fn load_on(dir: &Path, backend: Arc<dyn Backend>) -> Result<Classifier> {
-        let b = backend.as_ref();
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| Error::io(&config_path, "cannot read classifier config", e))?;
-        let config = parse_config(&config_path, &text)?;
         let weights_path = dir.join("model.safetensors");
         let bytes = std::fs::read(&weights_path)
             .map_err(|e| Error::io(&weights_path, "cannot read classifier weights", e))?;
-        let weights = Weights::parse(&weights_path, &bytes)?;
+        Self::from_parts(dir, &text, &bytes, backend)
+    }
+
+    /// [`Classifier::load_on`] from the text of `config.json` and the bytes of
+    /// `model.safetensors`, already in memory; `dir` names the folder in messages.
+    pub fn from_parts(
+        dir: &Path,
+        config_text: &str,
+        weights_bytes: &[u8],
+        backend: Arc<dyn Backend>,
+    ) -> Result<Classifier> {
+        let b = backend.as_ref();
+        let config = parse_config(&dir.join("config.json"), config_text)?;
+        let weights_path = dir.join("model.safetensors");
+        let weights = Weights::parse(&weights_path, weights_bytes)?;
 
         let mut layers = Vec::with_capacity(config.layers.len());
         for spec in &config.layers {
