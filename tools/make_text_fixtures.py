@@ -70,7 +70,8 @@ def save_safetensors(tensors, path, metadata):
     blobs, offset = [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        # Flattened first: a size-1 last dimension may keep any stride after contiguous().
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
