@@ -15,16 +15,15 @@ const WEIGHTS: &[u8] = include_bytes!("../../weights/digit-classifier/model.safe
 
 fn backend() -> Arc<dyn Backend> {
     static BACKEND: OnceLock<Arc<dyn Backend>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| Arc::new(CpuBackend::new()))
-        .clone()
+    BACKEND.get_or_init(|| Arc::new(CpuBackend::new())).clone()
 }
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(classifier) = Classifier::from_parts(Path::new("fuzz-classifier"), text, WEIGHTS, backend())
+    let Ok(classifier) =
+        Classifier::from_parts(Path::new("fuzz-classifier"), text, WEIGHTS, backend())
     else {
         return;
     };

@@ -22,9 +22,7 @@ const CLASSIFIER_CONFIG: &str = include_str!("../../weights/digit-classifier/con
 
 fn backend() -> Arc<dyn Backend> {
     static BACKEND: OnceLock<Arc<dyn Backend>> = OnceLock::new();
-    BACKEND
-        .get_or_init(|| Arc::new(CpuBackend::new()))
-        .clone()
+    BACKEND.get_or_init(|| Arc::new(CpuBackend::new())).clone()
 }
 
 fn unet_config() -> UNetConfig {

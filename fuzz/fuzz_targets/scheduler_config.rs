@@ -48,7 +48,9 @@ fuzz_target!(|data: &[u8]| {
                     let _ = (s.alpha_bar(step), s.alpha_bar_after(step));
                     let _ = s.linear_step(step, &state);
                     let drew = s.needs_noise(step).then_some(&noise[..]);
-                    if s.step(step, &mut state, &x, &sample, drew, &mut out).is_err() {
+                    if s.step(step, &mut state, &x, &sample, drew, &mut out)
+                        .is_err()
+                    {
                         break;
                     }
                     x = out;
