@@ -111,7 +111,7 @@ pub struct WeightSpec {
 pub(crate) struct Specs(pub(crate) Vec<WeightSpec>);
 
 impl Specs {
-    fn push(&mut self, name: String, shape: Vec<usize>, init: Init) {
+    pub(crate) fn push(&mut self, name: String, shape: Vec<usize>, init: Init) {
         self.0.push(WeightSpec { name, shape, init });
     }
 

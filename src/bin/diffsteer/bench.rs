@@ -2,6 +2,12 @@
 //! forward (with the FLOPs it performed and where its time goes) and CFG sampling
 //! runs at several batch sizes — so speed claims are fractions of a ceiling
 //! measured in the same run. `--json` writes every number to a file.
+//!
+//! With the built-in `sd15-shape`, each sampling run is a whole text-to-image
+//! generation through Stable Diffusion 1.5-shaped components with random weights:
+//! the CLIP text encoder on a prompt and a negative prompt (fixed token ids), the
+//! sampling steps on its states, and the VAE decoding every latent; each stage is
+//! timed on its own.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,11 +15,13 @@ use std::time::Instant;
 use diffsteer::backend::counting::CountingBackend;
 use diffsteer::backend::{run_busy, Backend};
 use diffsteer::guidance::Guidance;
+use diffsteer::model::clip::{preset as clip_preset, TextEncoder};
 use diffsteer::model::preset;
+use diffsteer::model::vae::{preset as vae_preset, TileSettings, Vae, VaeParts};
 use diffsteer::model::{ModelFolder, UNet, UNetInputs};
 use diffsteer::pipeline::{drive, Engine, PlanFeed, Request};
 use diffsteer::rng::{normal_vec, NoiseStream};
-use diffsteer::sampler::{Condition, PhiloxNoise, SampleSpec, Sampler};
+use diffsteer::sampler::{Condition, PhiloxNoise, SampleOutput, SampleSpec, Sampler};
 use diffsteer::schedule::{self, ScheduleOptions, SchedulerConfig};
 use diffsteer::tensor::Tensor;
 use serde_json::{json, Value};
@@ -28,6 +36,12 @@ const SD15_SHAPE: &str = "sd15-shape";
 const PRESET_SEED: u64 = 0;
 /// Guidance scale of every timed sampling run.
 const CFG: f32 = 3.0;
+/// The `sd15-shape` pipeline's prompt, as SD 1.5's tokenizer splits "a photograph
+/// of an astronaut riding a horse"; the negative prompt is empty. Every prompt is
+/// padded to 77 tokens, so the words do not change the work.
+const PROMPT_IDS: [u32; 8] = [320, 8853, 539, 550, 18376, 6765, 320, 4558];
+/// Latents up to this side decode whole, larger ones in tiles (as the engine does).
+const MAX_WHOLE_DECODE_LATENT: usize = 64;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -154,6 +168,104 @@ struct BatchResult {
     share: f64,
     wall_s: f64,
     peak_rss_mib: Option<f64>,
+    /// Per-stage times of whole text-to-image runs (`sd15-shape`).
+    stages: Option<Stages>,
+}
+
+/// The median time of each stage of a whole text-to-image generation, in seconds.
+#[derive(Clone, Copy)]
+struct Stages {
+    text_encode: f64,
+    sampling: f64,
+    vae_decode: f64,
+    total: f64,
+}
+
+/// The text side of `sd15-shape`: SD 1.5's CLIP text encoder and VAE decoder.
+struct TextSide {
+    encoder: TextEncoder,
+    vae: Vae,
+    encoder_params: usize,
+    vae_params: usize,
+}
+
+impl TextSide {
+    fn build(b: &dyn Backend) -> diffsteer::Result<Self> {
+        let t = Instant::now();
+        let config = clip_preset::sd15_text_config()?;
+        let encoder_params = count(&clip_preset::weight_specs(&config));
+        let encoder = clip_preset::random_text_encoder(b, config, PRESET_SEED)?;
+        println!(
+            "{SD15_SHAPE}: SD 1.5 text encoder (CLIP ViT-L/14), {:.1}M parameters, built in {:.1} s",
+            encoder_params as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
+        let config = vae_preset::sd_vae_config()?;
+        let vae_params = count(&vae_preset::weight_specs(&config));
+        let vae = vae_preset::random_vae(b, config, PRESET_SEED, VaeParts::DecoderOnly)?;
+        println!(
+            "{SD15_SHAPE}: SD 1.5 VAE (decoder used), {:.1}M parameters, built in {:.1} s",
+            vae_params as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(TextSide {
+            encoder,
+            vae,
+            encoder_params,
+            vae_params,
+        })
+    }
+
+    /// The prompt's and the negative prompt's states, `[tokens, hidden]` each, one
+    /// text encoder call per prompt as the engine makes them.
+    fn encode(&self, b: &dyn Backend) -> diffsteer::Result<(Vec<f32>, Vec<f32>)> {
+        let positions = self.encoder.config().max_position_embeddings;
+        let states = |words: &[u32]| {
+            let ids = clip_preset::padded_ids(words, positions);
+            self.encoder.encode(b, &[ids]).and_then(|t| b.to_host(&t))
+        };
+        Ok((states(&PROMPT_IDS)?, states(&[])?))
+    }
+
+    /// Decodes one finished latent (as the engine does: whole, or in tiles past
+    /// 64 latent pixels) and checks the image.
+    fn decode(&self, b: &dyn Backend, output: &SampleOutput) -> diffsteer::Result<()> {
+        let latent = b.tensor(
+            &[1, output.height, output.width, output.channels],
+            output.data.clone(),
+        )?;
+        let image = if output.height.max(output.width) > MAX_WHOLE_DECODE_LATENT {
+            let tiles = TileSettings::for_config(self.vae.config());
+            self.vae.decode_tiled(b, &latent, &tiles)?
+        } else {
+            self.vae.decode(b, &latent)?
+        };
+        let factor = self.factor();
+        let expected = [1, output.height * factor, output.width * factor, 3];
+        if image.shape() != expected {
+            return Err(diffsteer::Error::shape(
+                "VAE decode",
+                format!(
+                    "an image of shape {:?}, expected {expected:?}",
+                    image.shape()
+                ),
+            ));
+        }
+        b.to_host(&image).map(drop)
+    }
+
+    /// Image pixels per latent pixel.
+    fn factor(&self) -> usize {
+        1 << self.vae.config().block_out_channels.len().saturating_sub(1)
+    }
+}
+
+fn count(specs: &[preset::WeightSpec]) -> usize {
+    specs
+        .iter()
+        .map(|w| w.shape.iter().product::<usize>())
+        .sum()
 }
 
 fn opt_mib(v: Option<f64>) -> String {
@@ -220,6 +332,7 @@ fn bench(
     );
 
     let built: UNet;
+    let mut text_side: Option<TextSide> = None;
     let (unet, scheduler_config): (&UNet, SchedulerConfig) = match (source, engine) {
         (Source::Folder { folder, .. }, Some(engine)) => {
             (engine.unet(), folder.load_scheduler_config()?)
@@ -242,6 +355,7 @@ fn bench(
                 t.elapsed().as_secs_f64()
             );
             built = unet;
+            text_side = Some(TextSide::build(b)?);
             (&built, preset::sd15_scheduler_config()?)
         }
     };
@@ -399,6 +513,29 @@ fn bench(
         kind.name(),
         args.steps,
     );
+    if let Some(text) = &text_side {
+        let f = text.factor();
+        println!(
+            "  each run: text encoder on the prompt and the negative prompt, {} steps, VAE decode to {}×{} images",
+            args.steps,
+            h * f,
+            w * f
+        );
+        // Warm-up of the text side (the first VAE call transforms its weights).
+        text.encode(b)?;
+        let latent = normal_vec(5, NoiseStream::Custom(1 << 56), h * w * channels);
+        text.decode(
+            b,
+            &SampleOutput {
+                height: h,
+                width: w,
+                channels,
+                data: latent,
+                reward: None,
+                particle: 0,
+            },
+        )?;
+    }
     println!("  images  rows/call    ms/step   images/s    GFLOP/s  of ceiling  peak RSS");
     let mut results = Vec::new();
     for &batch in batches {
@@ -408,24 +545,64 @@ fn bench(
         let flops_per_step = counting.take_flops() as f64 / warmup_steps as f64;
         let mut step_times = Vec::new();
         let mut walls = Vec::new();
+        let mut stage_runs: Vec<Stages> = Vec::new();
         for _ in 0..runs {
+            let mut sample = |specs: &[SampleSpec]| {
+                let mut last = 0.0;
+                sampler.sample(specs, &PhiloxNoise, &mut |p| {
+                    let now = p.elapsed.as_secs_f64();
+                    step_times.push(now - last);
+                    last = now;
+                })
+            };
             let t = Instant::now();
-            match via_engine {
-                Some(engine) => {
+            match (via_engine, &text_side) {
+                (Some(engine), _) => {
                     time_engine_run(engine, &request_for(batch, false), batch, &mut step_times)?
                 }
-                None => {
-                    let mut last = 0.0;
-                    sampler.sample(&specs, &PhiloxNoise, &mut |p| {
-                        let now = p.elapsed.as_secs_f64();
-                        step_times.push(now - last);
-                        last = now;
-                    })?;
+                (None, None) => drop(sample(&specs)?),
+                (None, Some(text)) => {
+                    // A whole generation: the stages in turn, each timed.
+                    let (cond, uncond) = text.encode(b)?;
+                    let text_encode = t.elapsed().as_secs_f64();
+                    let texted: Vec<SampleSpec> = specs
+                        .iter()
+                        .map(|s| SampleSpec {
+                            condition: Condition::Embedding {
+                                cond: cond.clone(),
+                                uncond: uncond.clone(),
+                                tokens,
+                            },
+                            ..s.clone()
+                        })
+                        .collect();
+                    let t_sample = Instant::now();
+                    let outputs = sample(&texted)?;
+                    let sampling = t_sample.elapsed().as_secs_f64();
+                    let t_decode = Instant::now();
+                    for output in &outputs {
+                        text.decode(b, output)?;
+                    }
+                    let vae_decode = t_decode.elapsed().as_secs_f64();
+                    stage_runs.push(Stages {
+                        text_encode,
+                        sampling,
+                        vae_decode,
+                        total: t.elapsed().as_secs_f64(),
+                    });
+                    walls.push(sampling);
+                    continue;
                 }
             }
             walls.push(t.elapsed().as_secs_f64());
         }
         let wall_s = median(walls);
+        let stages = (!stage_runs.is_empty()).then(|| Stages {
+            text_encode: median(stage_runs.iter().map(|s| s.text_encode).collect()),
+            sampling: median(stage_runs.iter().map(|s| s.sampling).collect()),
+            vae_decode: median(stage_runs.iter().map(|s| s.vae_decode).collect()),
+            total: median(stage_runs.iter().map(|s| s.total).collect()),
+        });
         let gflops = flops_per_step * args.steps as f64 / wall_s / 1e9;
         let r = BatchResult {
             batch,
@@ -436,6 +613,7 @@ fn bench(
             share: gflops / ceiling,
             wall_s,
             peak_rss_mib: peak_rss_mib(),
+            stages,
         };
         println!(
             "  {:>6}  {:>9}  {:>9.2}  {:>9.2}  {:>9.1}  {:>9.0}%  {}",
@@ -448,6 +626,27 @@ fn bench(
             opt_mib(r.peak_rss_mib)
         );
         results.push(r);
+    }
+    if text_side.is_some() {
+        println!(
+            "whole text-to-image runs (medians of {runs}): text encoder, sampling, VAE decode, total"
+        );
+        println!(
+            "  images   text enc (ms)   sampling (s)   vae decode (s)    total (s)    s/image"
+        );
+        for r in &results {
+            if let Some(st) = r.stages {
+                println!(
+                    "  {:>6}  {:>14.1}  {:>13.2}  {:>15.2}  {:>11.2}  {:>9.2}",
+                    r.batch,
+                    st.text_encode * 1e3,
+                    st.sampling,
+                    st.vae_decode,
+                    st.total,
+                    st.total / r.batch as f64
+                );
+            }
+        }
     }
 
     // Reward-gradient guidance by the digit classifier at the defaults of
@@ -507,6 +706,13 @@ fn bench(
                 "width": w,
                 "channels": channels,
                 "encoder_tokens": cross_dim.map(|_| tokens),
+                "pipeline": text_side.as_ref().map(|t| json!({
+                    "text_encoder_parameters": t.encoder_params,
+                    "vae_parameters": t.vae_params,
+                    "image_height": h * t.factor(),
+                    "image_width": w * t.factor(),
+                    "prompts_per_run": 2,
+                })),
             },
             "sampling": {
                 "scheduler": kind.name(),
@@ -530,6 +736,13 @@ fn bench(
                 "gflops": r.gflops,
                 "share_of_ceiling": r.share,
                 "peak_rss_mib": r.peak_rss_mib,
+                "pipeline": r.stages.map(|st| json!({
+                    "text_encode_ms": st.text_encode * 1e3,
+                    "sampling_s": st.sampling,
+                    "vae_decode_s": st.vae_decode,
+                    "total_s": st.total,
+                    "seconds_per_image": st.total / r.batch as f64,
+                })),
             })).collect::<Vec<_>>(),
             "reward_guidance": reward_json,
         });

@@ -3,6 +3,7 @@
 
 pub mod bpe;
 pub mod config;
+pub mod preset;
 pub mod pretokenize;
 pub mod special_tokens;
 pub mod text_encoder;
