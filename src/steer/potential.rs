@@ -79,6 +79,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cli_names_are_the_documented_ones_and_round_trip() {
+        let names: Vec<&str> = Potential::ALL.iter().map(|p| p.cli_name()).collect();
+        assert_eq!(names, ["diff", "max", "sum"]);
+        for p in Potential::ALL {
+            assert_eq!(Potential::from_cli_name(p.cli_name()), Some(p));
+        }
+        assert_eq!(Potential::from_cli_name("mean"), None);
+        assert_eq!(Potential::from_cli_name(""), None);
+    }
+
+    #[test]
     fn potentials_fold_rewards_as_documented() {
         let rewards = [-2.0, -0.5, -1.0];
         let fold = |p| {

@@ -70,6 +70,25 @@ mod tests {
     }
 
     #[test]
+    fn nan_log_weights_get_weight_zero() {
+        // A NaN reward must not poison the population: its particle gets weight 0
+        // and the others are normalised among themselves.
+        let w = normalized_weights(&[0.0, f64::NAN, 2f64.ln()]);
+        assert!((w[0] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(w[1], 0.0);
+        assert!((w[2] - 2.0 / 3.0).abs() < 1e-12);
+        assert!(normalized_weights(&[]).is_empty());
+    }
+
+    #[test]
+    fn ess_of_no_weight_is_zero() {
+        // 1 / Σw² would be infinite; a population without weight has no
+        // effective samples.
+        assert_eq!(effective_sample_size(&[]), 0.0);
+        assert_eq!(effective_sample_size(&[0.0; 3]), 0.0);
+    }
+
+    #[test]
     fn ess_spans_one_to_n() {
         assert!((effective_sample_size(&[0.25; 4]) - 4.0).abs() < 1e-12);
         assert!((effective_sample_size(&[1.0, 0.0, 0.0, 0.0]) - 1.0).abs() < 1e-12);
