@@ -109,5 +109,8 @@ mod tests {
         t.rebase();
         t.observe(Potential::Difference, -1.0);
         assert_eq!(t.log_weight(2.0), 4.0);
+        // λ·(φ − anchor) = 0.5·2: λ = 2 alone cannot tell λ·2 from λ + 2.
+        assert_eq!(t.log_weight(0.5), 1.0);
+        assert_eq!(t.log_weight(0.0), 0.0);
     }
 }
