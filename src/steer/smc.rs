@@ -110,6 +110,17 @@ mod tests {
     }
 
     #[test]
+    fn weights_summing_below_a_point_keep_the_last_particle() {
+        // Rounding can leave Σw a little under the last point (k + u)/N; the search
+        // must stop at the last particle instead of running past the end. Here
+        // Σw = 0.95 and the points are 0.225, 0.475, 0.725, 0.975.
+        assert_eq!(
+            systematic_resample(&[0.25, 0.25, 0.25, 0.2], 0.9),
+            vec![0, 1, 2, 3]
+        );
+    }
+
+    #[test]
     fn counts_are_floor_or_ceil_of_n_w() {
         let w = [0.05, 0.3, 0.15, 0.2, 0.3];
         for step in 0..50 {
