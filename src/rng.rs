@@ -236,6 +236,40 @@ mod tests {
     }
 
     #[test]
+    fn stream_ids_follow_the_documented_table() {
+        // The ids are part of the noise contract (the CUDA kernels and saved seeds
+        // depend on them), so each row of the table above is pinned to a number.
+        assert_eq!(NoiseStream::Initial.id(), 0);
+        assert_eq!(NoiseStream::Step(0).id(), 1);
+        assert_eq!(NoiseStream::Step(41).id(), 42);
+        // 2^33 + 3·2^32 + 5
+        assert_eq!(
+            NoiseStream::Renoise { step: 5, repeat: 3 }.id(),
+            0x5_0000_0005
+        );
+        // 2^43 + 7
+        assert_eq!(NoiseStream::Resample { step: 7 }.id(), 0x800_0000_0007);
+        // 2^43 + 2^32
+        assert_eq!(NoiseStream::Encode.id(), 0x801_0000_0000);
+        // 2^43 + 2^33 + 2·2^32 + 9
+        assert_eq!(
+            NoiseStream::RepeatedStep { step: 9, repeat: 2 }.id(),
+            0x804_0000_0009
+        );
+        // Encode's id + 3·2^44
+        let particle = NoiseStream::Encode.for_particle(3);
+        assert_eq!(
+            particle,
+            NoiseStream::Particle {
+                particle: 3,
+                stream: 0x801_0000_0000
+            }
+        );
+        assert_eq!(particle.id(), 0x3801_0000_0000);
+        assert_eq!(NoiseStream::Custom(1 << 57).id(), 1 << 57);
+    }
+
+    #[test]
     fn normals_have_unit_moments() {
         let v = normal_vec(1, NoiseStream::Initial, 200_000);
         let n = v.len() as f64;

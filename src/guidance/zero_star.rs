@@ -37,6 +37,17 @@ mod tests {
     }
 
     #[test]
+    fn the_epsilon_keeps_a_tiny_unconditional_prediction_finite() {
+        // ‖uncond‖² = 1e-8, the size of the guard: s* = 1e-8 / (1e-8 + 1e-8) = 1/2
+        // (a guard subtracted instead would divide by ~0); s*·uncond = (0.5e-4, 0);
+        // out = 0.5e-4 + 2·(1e-4 − 0.5e-4) = 1.5e-4.
+        let mut out = [0f32; 2];
+        guide(&[1e-4, 0.0], &[1e-4, 0.0], 2.0, &mut out);
+        assert!((out[0] - 1.5e-4).abs() < 1e-9, "{out:?}");
+        assert_eq!(out[1], 0.0);
+    }
+
+    #[test]
     fn hand_derived_case() {
         // cond (1, 0), uncond (1, 1): s* = 1/2; s*·uncond = (0.5, 0.5);
         // out = (0.5, 0.5) + 2·((1, 0) − (0.5, 0.5)) = (1.5, −0.5).

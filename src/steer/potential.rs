@@ -79,6 +79,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cli_names_are_the_documented_ones_and_round_trip() {
+        let names: Vec<&str> = Potential::ALL.iter().map(|p| p.cli_name()).collect();
+        assert_eq!(names, ["diff", "max", "sum"]);
+        for p in Potential::ALL {
+            assert_eq!(Potential::from_cli_name(p.cli_name()), Some(p));
+        }
+        assert_eq!(Potential::from_cli_name("mean"), None);
+        assert_eq!(Potential::from_cli_name(""), None);
+    }
+
+    #[test]
     fn potentials_fold_rewards_as_documented() {
         let rewards = [-2.0, -0.5, -1.0];
         let fold = |p| {
@@ -98,5 +109,8 @@ mod tests {
         t.rebase();
         t.observe(Potential::Difference, -1.0);
         assert_eq!(t.log_weight(2.0), 4.0);
+        // λ·(φ − anchor) = 0.5·2: λ = 2 alone cannot tell λ·2 from λ + 2.
+        assert_eq!(t.log_weight(0.5), 1.0);
+        assert_eq!(t.log_weight(0.0), 0.0);
     }
 }

@@ -70,6 +70,25 @@ mod tests {
     }
 
     #[test]
+    fn nan_log_weights_get_weight_zero() {
+        // A NaN reward must not poison the population: its particle gets weight 0
+        // and the others are normalised among themselves.
+        let w = normalized_weights(&[0.0, f64::NAN, 2f64.ln()]);
+        assert!((w[0] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(w[1], 0.0);
+        assert!((w[2] - 2.0 / 3.0).abs() < 1e-12);
+        assert!(normalized_weights(&[]).is_empty());
+    }
+
+    #[test]
+    fn ess_of_no_weight_is_zero() {
+        // 1 / Σw² would be infinite; a population without weight has no
+        // effective samples.
+        assert_eq!(effective_sample_size(&[]), 0.0);
+        assert_eq!(effective_sample_size(&[0.0; 3]), 0.0);
+    }
+
+    #[test]
     fn ess_spans_one_to_n() {
         assert!((effective_sample_size(&[0.25; 4]) - 4.0).abs() < 1e-12);
         assert!((effective_sample_size(&[1.0, 0.0, 0.0, 0.0]) - 1.0).abs() < 1e-12);
@@ -88,6 +107,17 @@ mod tests {
         assert_eq!(systematic_resample(&[0.25; 4], 0.99), vec![0, 1, 2, 3]);
         // All weight on one particle.
         assert_eq!(systematic_resample(&[0.0, 0.0, 1.0], 0.0), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn weights_summing_below_a_point_keep_the_last_particle() {
+        // Rounding can leave Σw a little under the last point (k + u)/N; the search
+        // must stop at the last particle instead of running past the end. Here
+        // Σw = 0.95 and the points are 0.225, 0.475, 0.725, 0.975.
+        assert_eq!(
+            systematic_resample(&[0.25, 0.25, 0.25, 0.2], 0.9),
+            vec![0, 1, 2, 3]
+        );
     }
 
     #[test]
