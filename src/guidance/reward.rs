@@ -79,11 +79,19 @@ impl Default for RewardGuidance {
 
 impl RewardGuidance {
     /// The defaults of `diffsteer generate --reward` for a run of `num_steps`
-    /// steps: normalised x₀ steps of ρ = 0.4 (RMS change per pixel) on every step
-    /// except the last tenth, which the model takes unguided and so smooths away
-    /// any texture the gradient left (measured in the README's alignment table).
+    /// steps: normalised x₀ steps of ρ_t = 0.6·√(1−ᾱ_t) (RMS change per pixel:
+    /// large while the estimate is a blur and the sample's shape is decided, small
+    /// once it is nearly clean and a step would mostly add texture the reward model
+    /// likes and other readers do not) on every step except the last tenth, which
+    /// the model takes unguided and so smooths away what texture is left. Measured
+    /// against five independent readers (README, Alignment): 97.8% of `classifier:D`
+    /// samples read as D on average (94.0–100% per reader) with a Fréchet distance
+    /// of 0.66 to real digits, where the former default, a constant ρ = 0.4, gave
+    /// 95.6% (90.5–99.0%) and 0.81, and class CFG 3 gives 99.4% and 0.69.
     pub fn recommended(num_steps: usize) -> Self {
         RewardGuidance {
+            scale: 0.6,
+            schedule: RhoSchedule::NoiseLevel,
             window: GuidanceInterval {
                 start: 0,
                 stop: (num_steps - num_steps / 10).max(1),
