@@ -13,7 +13,7 @@ use diffsteer::model::weights::WeightFile;
 use diffsteer::reward::{
     log_probability_gate, parse_reward_spec, parse_reward_specs, ClassGoal, Classifier,
     ClassifierReward, InkReward, Readout, Reward, RewardContext, SampleShape, WeightedSum,
-    AVOID_UNTIL_NOISE,
+    AVOID_STEP_SHARE, AVOID_UNTIL_NOISE,
 };
 use safetensors::Dtype;
 
@@ -359,13 +359,13 @@ fn avoid_reward_is_log_one_minus_p_with_a_matching_gradient() {
             (r - (1.0 - p).ln()).abs() < 1e-5,
             "class {class}: {r} vs p {p}"
         );
-        // The gate of avoid:D is √p(D) (p(D) the probability still to remove) on
+        // The gate of avoid:D is 0.7·√p(D) (p(D) the probability still to remove) on
         // estimates with at least 0.9 of noise (√(1 − ᾱ) ≥ 0.9), 0 after.
-        assert_eq!(AVOID_UNTIL_NOISE, 0.9);
+        assert_eq!((AVOID_UNTIL_NOISE, AVOID_STEP_SHARE), (0.9, 0.7));
         for alpha_bar in [0.0f32, 0.1, 0.18] {
             let gate = avoid.step_gate(r as f32, alpha_bar) as f64;
             assert!(
-                (gate - p.sqrt()).abs() < 1e-5,
+                (gate - 0.7 * p.sqrt()).abs() < 1e-5,
                 "ᾱ {alpha_bar}: {gate} vs {p}"
             );
         }

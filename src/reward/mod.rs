@@ -10,7 +10,9 @@ pub mod ink;
 pub mod spec;
 pub mod sum;
 
-pub use classifier::{ClassGoal, Classifier, ClassifierReward, Readout, AVOID_UNTIL_NOISE};
+pub use classifier::{
+    ClassGoal, Classifier, ClassifierReward, Readout, AVOID_STEP_SHARE, AVOID_UNTIL_NOISE,
+};
 pub use ink::InkReward;
 pub use spec::{parse_reward_spec, parse_reward_specs, RewardContext};
 pub use sum::WeightedSum;
