@@ -230,10 +230,53 @@ fn best_of_n_writes_the_particle_with_the_best_final_reward() {
 }
 
 #[test]
+fn avoidance_composes_with_targets_weights_and_particles() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let args = [
+        "--class",
+        "none",
+        "--reward",
+        "classifier:3",
+        "--reward",
+        "avoid:8@2",
+        "--count",
+        "2",
+        "--particles",
+        "2",
+    ];
+    let result = generate(&out, &args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let metadata = std::fs::read_to_string(out.join("metadata.jsonl")).expect("metadata");
+    for line in metadata.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert_eq!(
+            line["reward"],
+            serde_json::json!(["classifier:3", "avoid:8@2"])
+        );
+        let target = line["reward_terms"]["classifier:3"]
+            .as_f64()
+            .expect("target");
+        let avoid = line["reward_terms"]["avoid:8"].as_f64().expect("avoid");
+        let total = line["reward_value"].as_f64().expect("total");
+        assert!(target <= 0.0 && avoid <= 0.0, "{line}");
+        assert!((total - (target + 2.0 * avoid)).abs() < 1e-4 * total.abs().max(1.0));
+        assert!(line["particle"].as_u64().expect("particle") < 2);
+    }
+}
+
+#[test]
 fn bad_alignment_flags_are_one_line_errors() {
     rejects(&["--reward", "aesthetic:1"], "--reward", "classifier:D");
     rejects(&["--reward", "classifier"], "--reward", "classifier:D");
     rejects(&["--reward", "classifier:12"], "--reward", "12");
+    rejects(&["--reward", "avoid:10"], "--reward", "0..=9");
+    rejects(&["--reward", "avoid:-3"], "--reward", "not a whole");
+    rejects(&["--reward", "avoid:seven"], "--reward", "not a whole");
     rejects(&["--reward", "ink:2"], "--reward", "[0, 1]");
     rejects(&["--reward", "ink:0.2@nan"], "--reward", "weight");
     rejects(
@@ -428,4 +471,80 @@ fn eval_writes_a_table_csv_plot_and_grids() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--sweep"));
     assert!(!never.exists());
+}
+
+/// The grey pixels of a `generate` PNG (one channel, 8 bits), in the model's [-1, 1].
+fn read_png(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).expect("png");
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("a PNG header");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a size")];
+    let info = reader.next_frame(&mut pixels).expect("a frame");
+    assert_eq!(
+        info.color_type,
+        png::ColorType::Grayscale,
+        "{}",
+        path.display()
+    );
+    pixels.truncate(info.buffer_size());
+    pixels.iter().map(|&v| v as f32 / 127.5 - 1.0).collect()
+}
+
+/// How many of the final images in `out` the shipped classifier reads as `class`.
+fn read_as(out: &Path, count: usize, class: usize) -> usize {
+    let classifier = diffsteer::reward::Classifier::load(&root().join("weights/digit-classifier"))
+        .expect("the shipped classifier");
+    let mut x = Vec::new();
+    for i in 0..count {
+        x.extend(read_png(&out.join(format!("{i:06}.png"))));
+    }
+    let predicted = classifier.predict(&x).expect("predict");
+    predicted.iter().filter(|&&c| c == class).count()
+}
+
+#[test]
+fn avoidance_removes_the_class_from_the_final_images() {
+    // Unconditional samples with and without `avoid:D`, from the same noise, read
+    // back from the written PNGs (not from the guided estimates) by the classifier.
+    const D: usize = 6;
+    const N: usize = 40;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let common = [
+        "--class", "none", "--count", "40", "--steps", "20", "--seed", "3",
+    ];
+    let plain = tmp.path().join("plain");
+    let result = generate(&plain, &common);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let avoid = tmp.path().join("avoid");
+    let spec = format!("avoid:{D}");
+    let mut args = common.to_vec();
+    args.extend(["--reward", &spec]);
+    let result = generate(&avoid, &args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let (before, after) = (read_as(&plain, N, D), read_as(&avoid, N, D));
+    eprintln!("digit {D}: {before}/{N} unguided, {after}/{N} with {spec}");
+    assert!(
+        before >= 3,
+        "the unguided base rate is too low to test: {before}/{N}"
+    );
+    assert!(
+        after * 4 <= before,
+        "{spec}: {after}/{N} vs {before}/{N} unguided"
+    );
+    // The metadata records the avoidance term: log(1 − p(D)) ≤ 0.
+    let meta = std::fs::read_to_string(avoid.join("metadata.jsonl")).expect("metadata");
+    for line in meta.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("json");
+        let r = line["reward_value"].as_f64().expect("reward_value");
+        assert!(r <= 0.0, "{line}");
+        assert_eq!(line["reward"][0], spec.as_str(), "{line}");
+    }
 }

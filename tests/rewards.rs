@@ -11,8 +11,9 @@ use std::sync::Arc;
 use common::{assert_close, fixtures, rel_l2};
 use diffsteer::model::weights::WeightFile;
 use diffsteer::reward::{
-    parse_reward_spec, parse_reward_specs, Classifier, ClassifierReward, InkReward, Reward,
-    RewardContext, SampleShape, WeightedSum,
+    log_probability_gate, parse_reward_spec, parse_reward_specs, ClassGoal, Classifier,
+    ClassifierReward, InkReward, Readout, Reward, RewardContext, SampleShape, WeightedSum,
+    AVOID_STEP_SHARE, AVOID_UNTIL_NOISE,
 };
 use safetensors::Dtype;
 
@@ -240,6 +241,165 @@ fn dtypes_f32_f16_bf16_are_read() {
     }
 }
 
+// ------------------------------------------------------------------------ readouts
+
+fn readout(r: Readout, logits: &[f32]) -> (f64, Vec<f32>) {
+    let mut d = vec![f32::NAN; logits.len()];
+    let v = r.value_and_grad(logits, Some(&mut d));
+    assert_eq!(
+        v,
+        r.value_and_grad(logits, None),
+        "value without the gradient"
+    );
+    (v, d)
+}
+
+fn assert_near(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (j, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g as f64 - w).abs() <= tol, "{what}[{j}]: {g} vs {w}");
+    }
+}
+
+#[test]
+fn readouts_match_hand_derived_values() {
+    // Logits (0, ln 2, ln 3): p = (1/6, 2/6, 3/6).
+    let l = [0.0f32, 2f32.ln(), 3f32.ln()];
+    // log p_2 = ln ½; ∂/∂l_j = [j = 2] − p_j.
+    let (v, d) = readout(Readout::LogProb(2), &l);
+    assert!((v - 0.5f64.ln()).abs() < 1e-7, "{v}");
+    assert_near("log p_2", &d, &[-1.0 / 6.0, -2.0 / 6.0, 0.5], 1e-7);
+    // log(1 − p_2) = ln ½ too; the softmax over the others is q = (1/3, 2/3), so
+    // ∂/∂l = (q_0 − p_0, q_1 − p_1, −p_2) = (1/6, 1/3, −1/2).
+    let (v, d) = readout(Readout::LogNotProb(2), &l);
+    assert!((v - 0.5f64.ln()).abs() < 1e-7, "{v}");
+    assert_near("log(1 - p_2)", &d, &[1.0 / 6.0, 1.0 / 3.0, -0.5], 1e-7);
+    // log(1 − p_0) = ln(5/6); q = (·, 2/5, 3/5): ∂/∂l = (−1/6, 2/5 − 1/3, 3/5 − 1/2).
+    let (v, d) = readout(Readout::LogNotProb(0), &l);
+    assert!((v - (5.0f64 / 6.0).ln()).abs() < 1e-7, "{v}");
+    assert_near(
+        "log(1 - p_0)",
+        &d,
+        &[-1.0 / 6.0, 2.0 / 5.0 - 1.0 / 3.0, 3.0 / 5.0 - 0.5],
+        1e-7,
+    );
+    // Adding a constant to every logit changes nothing: the derivatives sum to 0.
+    for r in [Readout::LogProb(1), Readout::LogNotProb(1)] {
+        let (v, d) = readout(r, &l);
+        let shifted: Vec<f32> = l.iter().map(|x| x + 5.0).collect();
+        let (v2, _) = readout(r, &shifted);
+        assert!((v - v2).abs() < 1e-6, "{r:?}: {v} vs {v2}");
+        assert!(
+            d.iter().map(|&x| x as f64).sum::<f64>().abs() < 1e-7,
+            "{r:?}"
+        );
+    }
+    // The log-odds of class 0 against 1 is l_0 − l_1, with derivative (1, −1, 0).
+    let (v, d) = readout(Readout::LogOdds(0, 1), &[3.0, 1.0, -2.0]);
+    assert_eq!((v, d), (2.0, vec![1.0, -1.0, 0.0]));
+}
+
+#[test]
+fn avoidance_stays_finite_at_extreme_logits() {
+    // p_0 = e^100 / (e^100 + 2) rounds to 1 in any float: 1 − p would be 0 and its
+    // log −∞. log(1 − p_0) = ln 2 − ln(e^100 + 2) = ln 2 − 100 − ln(1 + 2e^−100).
+    let (v, d) = readout(Readout::LogNotProb(0), &[100.0, 0.0, 0.0]);
+    assert!((v - (2f64.ln() - 100.0)).abs() < 1e-9, "{v}");
+    // ∂/∂l = (−p_0, q_1 − p_1, q_2 − p_2) = (−1, ½, ½) up to e^−100.
+    assert_near("certain class", &d, &[-1.0, 0.5, 0.5], 1e-7);
+    // The avoided class is impossible: log(1 − p_0) = −ln(1 + e^−100/2) ≈ −e^−100/2,
+    // and every derivative is of order e^−100.
+    let (v, d) = readout(Readout::LogNotProb(0), &[-100.0, 0.0, 0.0]);
+    assert!(v <= 0.0 && v > -1e-40, "{v}");
+    assert!(d.iter().all(|x| x.is_finite() && x.abs() < 1e-40), "{d:?}");
+    // Logits far beyond what f32 softmax survives.
+    for l in [[1e4f32, -1e4, 0.0], [-3e4, 3e4, 3e4], [f32::MAX, 0.0, 0.0]] {
+        for r in [Readout::LogProb(0), Readout::LogNotProb(0)] {
+            let (v, d) = readout(r, &l);
+            assert!(v.is_finite() && v <= 0.0, "{r:?} at {l:?}: {v}");
+            assert!(d.iter().all(|x| x.is_finite()), "{r:?} at {l:?}: {d:?}");
+        }
+    }
+    let (v, _) = readout(Readout::LogNotProb(0), &[1e4, -1e4, 0.0]);
+    assert!((v + 1e4).abs() < 1e-6, "{v}");
+}
+
+#[test]
+fn the_step_gate_is_the_missing_probability() {
+    // 1 − e^r: 0 at certainty, ¾ at p = ¼, 1 far from it; clamped to [0, 1].
+    assert_eq!(log_probability_gate(0.0), 0.0);
+    assert!((log_probability_gate(0.25f32.ln()) - 0.75).abs() < 1e-7);
+    assert!(
+        (log_probability_gate(-1e-6) - 1e-6).abs() < 1e-12,
+        "precision near p = 1"
+    );
+    assert_eq!(log_probability_gate(-200.0), 1.0);
+    assert_eq!(log_probability_gate(f32::NEG_INFINITY), 1.0);
+    assert_eq!(log_probability_gate(0.5), 0.0);
+    assert_eq!(log_probability_gate(f32::NAN), 1.0);
+}
+
+#[test]
+fn avoid_reward_is_log_one_minus_p_with_a_matching_gradient() {
+    let c = Arc::new(Classifier::load(&shipped_dir()).expect("load"));
+    let shape = SampleShape::new(28, 28, 1);
+    let x = ring(28, 28);
+    let logits = c.logits(&x).expect("logits");
+    for class in [0usize, 3, 7] {
+        let avoid = ClassifierReward::avoid(c.clone(), class).expect("avoid");
+        assert_eq!(avoid.name(), format!("avoid:{class}"));
+        assert_eq!(avoid.goal(), ClassGoal::Avoid);
+        let mut g = vec![0f32; 784];
+        let r = avoid.evaluate(shape, &x, Some(&mut g)).expect("avoid")[0] as f64;
+        // Against the softmax of the logits, in f64.
+        let m = logits.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+        let z: f64 = logits.iter().map(|&l| (l as f64 - m).exp()).sum();
+        let p = (logits[class] as f64 - m).exp() / z;
+        assert!(
+            (r - (1.0 - p).ln()).abs() < 1e-5,
+            "class {class}: {r} vs p {p}"
+        );
+        // The gate of avoid:D is 0.7·√p(D) (p(D) the probability still to remove) on
+        // estimates with at least 0.9 of noise (√(1 − ᾱ) ≥ 0.9), 0 after.
+        assert_eq!((AVOID_UNTIL_NOISE, AVOID_STEP_SHARE), (0.9, 0.7));
+        for alpha_bar in [0.0f32, 0.1, 0.18] {
+            let gate = avoid.step_gate(r as f32, alpha_bar) as f64;
+            assert!(
+                (gate - 0.7 * p.sqrt()).abs() < 1e-5,
+                "ᾱ {alpha_bar}: {gate} vs {p}"
+            );
+        }
+        for alpha_bar in [0.2f32, 0.5, 1.0] {
+            assert_eq!(avoid.step_gate(r as f32, alpha_bar), 0.0);
+        }
+        // classifier:D is not gated.
+        let target = ClassifierReward::new(c.clone(), class).expect("target");
+        assert_eq!(target.step_gate(-0.001, 0.5), 1.0);
+        // Central differences along the gradient (see the classifier's test above
+        // for the error budget).
+        let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let dir: Vec<f32> = g.iter().map(|v| v / norm).collect();
+        let h = 1e-2f32;
+        let mut batch: Vec<f32> = x.iter().zip(&dir).map(|(x, d)| x + h * d).collect();
+        batch.extend(x.iter().zip(&dir).map(|(x, d)| x - h * d));
+        let f = avoid.evaluate(shape, &batch, None).expect("fd");
+        let fd = (f[0] as f64 - f[1] as f64) / (2.0 * h as f64);
+        let analytic = norm as f64;
+        assert!(
+            (fd - analytic).abs() <= 1e-2 * analytic.max(0.05),
+            "class {class}: fd {fd} vs analytic {analytic}"
+        );
+    }
+    // Classes out of range, for both goals and through the spec.
+    let e = error_of(ClassifierReward::avoid(c.clone(), 10), "avoid:10");
+    assert!(e.contains("avoid:10") && e.contains("0..=9"), "{e}");
+    let e = error_of(
+        c.readout_and_grad(&x, &[Readout::LogNotProb(12)], None),
+        "readout 12",
+    );
+    assert!(e.contains("12") && e.contains("0..=9"), "{e}");
+}
+
 // ------------------------------------------------------------------------ ink
 
 #[test]
@@ -361,6 +521,8 @@ fn specs_parse_and_share_one_classifier() {
     assert_eq!((w, r.name()), (1.0, "classifier:3".to_string()));
     let (w, r) = parse_reward_spec("ink:0.2@0.5", &ctx).expect("ink");
     assert_eq!((w, r.name()), (0.5, "ink:0.2".to_string()));
+    let (w, r) = parse_reward_spec("avoid:7@2", &ctx).expect("avoid");
+    assert_eq!((w, r.name()), (2.0, "avoid:7".to_string()));
     let (w, _) = parse_reward_spec(" ink : 0.25 @ -1e-1 ", &ctx).expect("spaces");
     assert_eq!(w, -0.1);
     let a = ctx.classifier().expect("a");
@@ -392,6 +554,18 @@ fn bad_specs_say_what_is_accepted() {
     assert!(e.contains("missing `:`"), "{e}");
     let e = err("classifier:10");
     assert!(e.contains("out of range") && e.contains("0..=9"), "{e}");
+    let e = err("avoid:10");
+    assert!(
+        e.contains("avoid:10") && e.contains("out of range") && e.contains("0..=9"),
+        "{e}"
+    );
+    for s in ["avoid:-1", "avoid:7.0", "avoid:seven", "avoid:"] {
+        let e = err(s);
+        assert!(
+            e.contains("not a whole") || e.contains("accepted"),
+            "{s}: {e}"
+        );
+    }
     let e = err("classifier:3.5");
     assert!(e.contains("not a whole"), "{e}");
     let e = err("classifier:-1");

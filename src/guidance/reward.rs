@@ -79,11 +79,19 @@ impl Default for RewardGuidance {
 
 impl RewardGuidance {
     /// The defaults of `diffsteer generate --reward` for a run of `num_steps`
-    /// steps: normalised x₀ steps of ρ = 0.4 (RMS change per pixel) on every step
-    /// except the last tenth, which the model takes unguided and so smooths away
-    /// any texture the gradient left (measured in the README's alignment table).
+    /// steps: normalised x₀ steps of ρ_t = 0.6·√(1−ᾱ_t) (RMS change per pixel:
+    /// large while the estimate is a blur and the sample's shape is decided, small
+    /// once it is nearly clean and a step would mostly add texture the reward model
+    /// likes and other readers do not) on every step except the last tenth, which
+    /// the model takes unguided and so smooths away what texture is left. Measured
+    /// against five independent readers (README, Alignment): 97.8% of `classifier:D`
+    /// samples read as D on average (94.0–100% per reader) with a Fréchet distance
+    /// of 0.66 to real digits, where the former default, a constant ρ = 0.4, gave
+    /// 95.6% (90.5–99.0%) and 0.81, and class CFG 3 gives 99.4% and 0.69.
     pub fn recommended(num_steps: usize) -> Self {
         RewardGuidance {
+            scale: 0.6,
+            schedule: RhoSchedule::NoiseLevel,
             window: GuidanceInterval {
                 start: 0,
                 stop: (num_steps - num_steps / 10).max(1),
@@ -235,6 +243,13 @@ pub struct RowGuidance {
 /// active are evaluated (with gradients) apart from the others, so a row's numbers
 /// depend only on its own inputs, never on what it is batched with.
 ///
+/// A sum of rewards ([`Reward::terms`]) is stepped along term by term: with
+/// normalised steps each term k moves x̂₀ by wₖ·ρ_t·gateₖ·ĝₖ, its own normalised
+/// gradient scaled by its weight and by its [`Reward::step_gate`] at its value
+/// (so terms of very different gradient scales mix by their weights, and each
+/// stops pushing once it is satisfied); unnormalised steps (raw, or the ε form)
+/// take the gradient of the weighted sum as it is.
+///
 /// The outer `Err` is a failure of the whole batch (a reward that cannot score
 /// the shape); an inner `Err` a failure of one row (a non-finite reward or
 /// gradient), named with `name_row`.
@@ -267,12 +282,16 @@ pub fn guide_rows(
             &mut x0[range],
         );
     }
+    let levels = |members: &[usize]| -> Vec<f32> {
+        members.iter().map(|&r| rows[r].level.alpha_bar).collect()
+    };
     let mut results: Vec<Option<Result<RowGuidance>>> = vec![None; rows.len()];
     let (active, watched): (Vec<usize>, Vec<usize>) =
         (0..rows.len()).partition(|&r| rows[r].guidance.active_at(rows[r].level.step));
 
     if !watched.is_empty() {
-        let values = reward.evaluate(shape, &gather(&x0, &watched, per), None)?;
+        let values =
+            reward.evaluate_at(shape, &gather(&x0, &watched, per), &levels(&watched), None)?;
         check_count(&values, watched.len())?;
         for (&r, &value) in watched.iter().zip(&values) {
             results[r] = Some(
@@ -284,6 +303,11 @@ pub fn guide_rows(
         }
     }
 
+    // The terms stepped along: a sum's own, or the reward itself.
+    let terms: Vec<(f32, &dyn Reward)> = match reward.terms() {
+        Some(terms) => terms.iter().map(|(w, r)| (*w, r.as_ref())).collect(),
+        None => vec![(1.0, reward)],
+    };
     let mut shifts: Vec<Vec<f32>> = active.iter().map(|_| vec![0f32; per]).collect();
     let mut first_rewards: Vec<Option<f32>> = vec![None; active.len()];
     let mut failed = vec![false; active.len()];
@@ -302,12 +326,25 @@ pub fn guide_rows(
         }
         let members: Vec<usize> = taking.iter().map(|&a| active[a]).collect();
         let batch = gather(&x0, &members, per);
-        let mut grad = vec![0f32; batch.len()];
-        let values = reward.evaluate(shape, &batch, Some(&mut grad))?;
-        check_count(&values, members.len())?;
+        let alpha_bars = levels(&members);
+        // Every term's values and (for a non-zero weight) gradient at this batch.
+        let mut term_values = Vec::with_capacity(terms.len());
+        let mut term_grads = Vec::with_capacity(terms.len());
+        for &(w, term) in &terms {
+            let mut grad = (w != 0.0).then(|| vec![0f32; batch.len()]);
+            let values = term.evaluate_at(shape, &batch, &alpha_bars, grad.as_deref_mut())?;
+            check_count(&values, members.len())?;
+            term_values.push(values);
+            term_grads.push(grad);
+        }
         for (j, (&a, &r)) in taking.iter().zip(&members).enumerate() {
             let row = &rows[r];
-            let value = match finite_reward(values[j], &row.level, || name_row(r)) {
+            let total: f32 = terms
+                .iter()
+                .zip(&term_values)
+                .map(|(&(w, _), v)| w * v[j])
+                .sum();
+            let value = match finite_reward(total, &row.level, || name_row(r)) {
                 Ok(v) => v,
                 Err(e) => {
                     failed[a] = true;
@@ -316,8 +353,33 @@ pub fn guide_rows(
                 }
             };
             first_rewards[a].get_or_insert(value);
-            let g = &grad[j * per..(j + 1) * per];
-            if g.iter().any(|v| !v.is_finite()) {
+            let size = row.guidance.step_size(row.level.alpha_bar);
+            let normalised = row.guidance.normalize && row.guidance.form == RewardForm::X0;
+            let mut step = vec![0f32; per];
+            let mut bad_gradient = false;
+            for ((&(w, term), values), grad) in terms.iter().zip(&term_values).zip(&term_grads) {
+                let Some(grad) = grad else { continue };
+                let g = &grad[j * per..(j + 1) * per];
+                if g.iter().any(|v| !v.is_finite()) {
+                    bad_gradient = true;
+                    break;
+                }
+                let factor = if normalised {
+                    let mean_square =
+                        g.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / per as f64;
+                    if mean_square == 0.0 {
+                        continue;
+                    }
+                    w * size * term.step_gate(values[j], row.level.alpha_bar)
+                        / mean_square.sqrt() as f32
+                } else {
+                    w * size
+                };
+                for (s, &gv) in step.iter_mut().zip(g) {
+                    *s += factor * gv;
+                }
+            }
+            if bad_gradient {
                 failed[a] = true;
                 results[r] = Some(Err(Error::NonFinite {
                     what: format!("the reward gradient of {}", name_row(r)),
@@ -326,20 +388,8 @@ pub fn guide_rows(
                 }));
                 continue;
             }
-            let size = row.guidance.step_size(row.level.alpha_bar);
-            let factor = if row.guidance.normalize && row.guidance.form == RewardForm::X0 {
-                let mean_square =
-                    g.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / per as f64;
-                if mean_square == 0.0 {
-                    continue;
-                }
-                size / mean_square.sqrt() as f32
-            } else {
-                size
-            };
             let range = r * per..(r + 1) * per;
-            for ((x, s), &gv) in x0[range].iter_mut().zip(shifts[a].iter_mut()).zip(g) {
-                let d = factor * gv;
+            for ((x, s), &d) in x0[range].iter_mut().zip(shifts[a].iter_mut()).zip(&step) {
                 *x += d;
                 *s += d;
             }

@@ -10,7 +10,9 @@ pub mod ink;
 pub mod spec;
 pub mod sum;
 
-pub use classifier::{Classifier, ClassifierReward};
+pub use classifier::{
+    ClassGoal, Classifier, ClassifierReward, Readout, AVOID_STEP_SHARE, AVOID_UNTIL_NOISE,
+};
 pub use ink::InkReward;
 pub use spec::{parse_reward_spec, parse_reward_specs, RewardContext};
 pub use sum::WeightedSum;
@@ -99,4 +101,47 @@ pub trait Reward: Send + Sync {
         x0: &[f32],
         grad: Option<&mut [f32]>,
     ) -> Result<Vec<f32>>;
+
+    /// [`Reward::evaluate`] of estimates made at known noise levels: `alpha_bars[i]`
+    /// is ᾱ of the step whose x̂₀ estimate sample i is (1 for a clean sample; one
+    /// value per sample). Guidance calls this; a reward that reads the noise level
+    /// (a time-conditioned discriminator) overrides it, and `evaluate` is then this
+    /// at ᾱ = 1. The default ignores the levels.
+    fn evaluate_at(
+        &self,
+        shape: SampleShape,
+        x0: &[f32],
+        alpha_bars: &[f32],
+        grad: Option<&mut [f32]>,
+    ) -> Result<Vec<f32>> {
+        let _ = alpha_bars;
+        self.evaluate(shape, x0, grad)
+    }
+
+    /// The share, in [0, 1], of a normalised guidance step that this reward still
+    /// asks for at its value `value`, on an estimate made at noise level ᾱ =
+    /// `alpha_bar`. Normalised steps have the same size however small the gradient
+    /// is, so without a gate the push never stops; a reward that knows when it is
+    /// satisfied says so here (see [`ClassifierReward`] for `avoid:`). The default,
+    /// 1, is an ungated reward.
+    fn step_gate(&self, value: f32, alpha_bar: f32) -> f32 {
+        let _ = (value, alpha_bar);
+        1.0
+    }
+
+    /// The weighted terms of a sum of rewards, which guidance steps along one by
+    /// one (each normalised and gated on its own); `None` for a single reward.
+    fn terms(&self) -> Option<&[(f32, Box<dyn Reward>)]> {
+        None
+    }
+}
+
+/// The gate of a log-probability reward r = log p: 1 − p, the probability still
+/// missing (0 where p = 1, 1 where p = 0), computed as −expm1(r) so that it keeps
+/// its precision where p is small.
+pub fn log_probability_gate(value: f32) -> f32 {
+    if value.is_nan() {
+        return 1.0;
+    }
+    (-(value.min(0.0) as f64).exp_m1()).clamp(0.0, 1.0) as f32
 }

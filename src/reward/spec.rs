@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use super::classifier::{Classifier, ClassifierReward};
+use super::classifier::{ClassGoal, Classifier, ClassifierReward};
 use super::ink::InkReward;
 use super::sum::WeightedSum;
 use super::Reward;
@@ -18,8 +18,8 @@ pub const DEFAULT_CLASSIFIER_DIR: &str = "weights/digit-classifier";
 
 /// The accepted spec forms, for error messages and help texts.
 pub const REWARD_SPEC_FORMS: &str =
-    "classifier:D (log p(digit D), D a class of the classifier), ink:T (ink fraction T in [0, 1]), \
-     each optionally followed by @WEIGHT (default 1)";
+    "classifier:D (log p(digit D), D a class of the classifier), avoid:D (log(1 - p(digit D))), \
+     ink:T (ink fraction T in [0, 1]), each optionally followed by @WEIGHT (default 1)";
 
 /// What building rewards from specs may need, loaded lazily: a run without a
 /// `classifier:` spec never touches the classifier folder.
@@ -96,14 +96,19 @@ pub fn parse_reward_spec(spec: &str, ctx: &RewardContext) -> Result<(f32, Box<dy
     };
     let (name, arg) = (name.trim(), arg.trim());
     let reward: Box<dyn Reward> = match name {
-        "classifier" => {
+        "classifier" | "avoid" => {
             let class: usize = arg.parse().map_err(|_| {
                 bad(
                     spec,
                     format!("class {arg:?} is not a whole non-negative number"),
                 )
             })?;
-            Box::new(ClassifierReward::new(ctx.classifier()?, class)?)
+            let goal = if name == "avoid" {
+                ClassGoal::Avoid
+            } else {
+                ClassGoal::Target
+            };
+            Box::new(ClassifierReward::with_goal(ctx.classifier()?, class, goal)?)
         }
         "ink" => {
             let target: f32 = arg

@@ -52,9 +52,31 @@ impl WeightedSum {
         &self,
         shape: SampleShape,
         x0: &[f32],
+        grad: Option<&mut [f32]>,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        self.evaluate_terms_at(shape, x0, None, grad)
+    }
+
+    /// [`WeightedSum::evaluate_terms`] of estimates at the noise levels
+    /// `alpha_bars` (see [`Reward::evaluate_at`]); `None` is clean samples.
+    pub fn evaluate_terms_at(
+        &self,
+        shape: SampleShape,
+        x0: &[f32],
+        alpha_bars: Option<&[f32]>,
         mut grad: Option<&mut [f32]>,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         let n = shape.count(x0, "reward")?;
+        if let Some(levels) = alpha_bars.filter(|l| l.len() != n) {
+            return Err(Error::shape(
+                "reward",
+                format!("{} noise levels for {n} samples", levels.len()),
+            ));
+        }
+        let eval = |reward: &dyn Reward, g: Option<&mut [f32]>| match alpha_bars {
+            Some(levels) => reward.evaluate_at(shape, x0, levels, g),
+            None => reward.evaluate(shape, x0, g),
+        };
         check_gradient_buffer("reward gradient", x0, grad.as_deref())?;
         if let Some(g) = grad.as_deref_mut() {
             g.fill(0.0);
@@ -67,11 +89,11 @@ impl WeightedSum {
             let values = match grad.as_deref_mut() {
                 Some(g) if *w != 0.0 => {
                     scratch.resize(x0.len(), 0.0);
-                    let values = reward.evaluate(shape, x0, Some(&mut scratch))?;
+                    let values = eval(reward.as_ref(), Some(&mut scratch))?;
                     g.iter_mut().zip(&scratch).for_each(|(g, s)| *g += w * s);
                     values
                 }
-                _ => reward.evaluate(shape, x0, None)?,
+                _ => eval(reward.as_ref(), None)?,
             };
             if values.len() != n {
                 return Err(Error::shape(
@@ -122,5 +144,19 @@ impl Reward for WeightedSum {
         grad: Option<&mut [f32]>,
     ) -> Result<Vec<f32>> {
         Ok(self.evaluate_terms(shape, x0, grad)?.0)
+    }
+
+    fn evaluate_at(
+        &self,
+        shape: SampleShape,
+        x0: &[f32],
+        alpha_bars: &[f32],
+        grad: Option<&mut [f32]>,
+    ) -> Result<Vec<f32>> {
+        Ok(self.evaluate_terms_at(shape, x0, Some(alpha_bars), grad)?.0)
+    }
+
+    fn terms(&self) -> Option<&[(f32, Box<dyn Reward>)]> {
+        Some(&self.terms)
     }
 }

@@ -362,8 +362,8 @@ pub struct AlignArgs {
     pub classifier: Option<PathBuf>,
 
     /// Guidance step size: ρ, the RMS change per pixel of x0 per step (x0 form), or
-    /// s (eps form). 0 = no gradient (particles only). Default 0.4 (x0 form; the eps
-    /// form needs it given).
+    /// s (eps form). 0 = no gradient (particles only). Default 0.6 (x0 form, with the
+    /// `noise` schedule; the eps form needs it given).
     #[arg(long = "reward-scale", value_name = "S", value_parser = parse_non_negative_f32, allow_negative_numbers = true)]
     pub reward_scale: Option<f32>,
 
@@ -372,7 +372,7 @@ pub struct AlignArgs {
     pub reward_form: Option<RewardFormArg>,
 
     /// How the x0-form step follows the noise level: `noise` = ρ·√(1−ᾱ_t) (large while
-    /// the estimate is blurry, small near the end), `constant` = ρ (the default).
+    /// the estimate is blurry, small near the end; the default), `constant` = ρ.
     #[arg(long = "reward-schedule", value_enum, value_name = "S")]
     pub reward_schedule: Option<RhoScheduleArg>,
 
