@@ -79,6 +79,12 @@ if [ -f weights/digits/config.json ]; then
         --grid "${OUT:-/tmp}/steer-cuda.png" --grid-scale 3 || rc=1
     echo "20 steered threes (4 particles each) in $(( ($(date +%s%N) - start) / 1000000 )) ms"
 
+    echo "== avoid:7 on the GPU (gated log(1 - p) steps): 40 images, one metadata line each"
+    "$bin" generate --device cuda --class none --reward avoid:7 --count 40 --batch 40 --steps 50 \
+        --scheduler ddim --seed 0 --out /tmp/gen-avoid --overwrite --quiet \
+        --grid "${OUT:-/tmp}/avoid7-cuda.png" --grid-scale 3 || rc=1
+    grep -c '"reward"' /tmp/gen-avoid/metadata.jsonl || rc=1
+
     echo "== bench: digits model"
     "$bin" bench --device cuda --batch 1,16,128 --steps 20 --iters 10 --json "${OUT:-/tmp}/bench-digits.json" || rc=1
 fi
