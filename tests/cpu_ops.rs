@@ -378,3 +378,76 @@ fn conv_epilogue_equals_the_separate_ops_bit_for_bit() {
         }
     }
 }
+
+/// The packed-GEMM path at sizes where it splits its work: patches of more than one
+/// block (rows × K above 4 Mi floats), several row tiles with a ragged last one,
+/// and a ragged last column panel; and a 1×1 product with K over 2,048. Checked
+/// against the direct f64 convolution, the fused epilogue against the separate ops
+/// bit for bit, and a one-thread pool against the full pool bit for bit.
+#[test]
+fn large_packed_convolutions_match_the_direct_one_on_any_thread_count() {
+    use diffsteer::backend::ConvEpilogue;
+    let b = CpuBackend::new();
+    type Case = (
+        (usize, usize, usize, usize),
+        (usize, usize, usize),
+        Conv2dGeometry,
+    );
+    let cases: [Case; 2] = [
+        (
+            (2, 63, 64, 256),
+            (3, 3, 136),
+            Conv2dGeometry::symmetric(2, 1),
+        ),
+        (
+            (1, 9, 23, 2100),
+            (1, 1, 40),
+            Conv2dGeometry::symmetric(1, 0),
+        ),
+    ];
+    for (i, (xd, (kh, kw, cout), g)) in cases.into_iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        let x = random(&[xd.0, xd.1, xd.2, xd.3], seed);
+        let w = random(&[kh, kw, xd.3, cout], seed + 1);
+        let bias = random(&[cout], seed + 2);
+        let (xt, wt, bt) = (tensor(&b, &x), tensor(&b, &w), tensor(&b, &bias));
+        let out = b.conv2d(&xt, &wt, Some(&bt), &g).expect("conv");
+        let got = b.to_host(&out).expect("host");
+        let reference = naive_conv(&x.1, xd, &w.1, (kh, kw, cout), &bias.1, &g);
+        let err = rel_l2(&got, &reference);
+        assert!(err < 1e-6, "case {i}: relative L2 {err:e}");
+
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("pool");
+        let single = one_thread.install(|| b.conv2d(&xt, &wt, Some(&bt), &g).expect("conv"));
+        assert!(
+            b.to_host(&single).expect("host") == got,
+            "case {i}: one thread gave other bits"
+        );
+
+        let sample_bias = tensor(&b, &random(&[xd.0, cout], seed + 3));
+        let residual = tensor(&b, &random(out.shape(), seed + 4));
+        let mut want = out;
+        b.add_channel_bias_assign(&mut want, &sample_bias)
+            .expect("bias");
+        b.add_assign(&mut want, &residual, 0.5).expect("add");
+        let fused = b
+            .conv2d_epilogue(
+                &xt,
+                &wt,
+                Some(&bt),
+                &g,
+                ConvEpilogue {
+                    sample_bias: Some(&sample_bias),
+                    residual: Some((&residual, 0.5)),
+                },
+            )
+            .expect("fused");
+        assert!(
+            b.to_host(&fused).expect("host") == b.to_host(&want).expect("host"),
+            "case {i}: the fused epilogue differs from the separate ops"
+        );
+    }
+}

@@ -1,11 +1,12 @@
-//! 2-D convolution on NHWC tensors as im2col + GEMM. Output rows (pixels) are cut
-//! into chunks; each rayon task gathers its chunk's patches into a `[rows, kh·kw·c_in]`
-//! buffer and multiplies it by the `[kh·kw·c_in, c_out]` weight matrix.
+//! 2-D convolution on NHWC tensors as im2col + GEMM. Small products run here:
+//! output rows (pixels) are cut into chunks; each rayon task gathers its chunk's
+//! patches into a `[rows, kh·kw·c_in]` buffer and multiplies it by the
+//! `[kh·kw·c_in, c_out]` weight matrix with the register-tiled kernel. Larger ones
+//! go to the packed GEMM in `panel_conv.rs`.
 
 use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
-use super::matmul::{matmul, MatRef};
 use super::small_gemm::small_matmul;
 use crate::backend::shapes::ConvDims;
 use crate::backend::Conv2dGeometry;
@@ -28,11 +29,6 @@ pub fn conv2d(
     let rows = s.batch * s.out_height * s.out_width;
     let k = s.kernel_h * s.kernel_w * s.in_channels;
     let cout = s.out_channels;
-    let mut out = crate::tensor::pool::for_overwrite(rows * cout);
-    if rows == 0 || cout == 0 {
-        return out;
-    }
-    let w = MatRef::row_major(weight, k, cout);
     let pointwise = s.kernel_h == 1
         && s.kernel_w == 1
         && g.stride == 1
@@ -40,14 +36,19 @@ pub fn conv2d(
     // Small products (a small batch, weights that stay in L2) go through the
     // register-tiled kernel, which needs no packing and sums every output in the
     // same order whatever its chunk, so the chunks can follow the thread count (four
-    // per thread, for balance) and keep every core busy. Larger ones go to the packed GEMM, which is faster once
-    // packing pays off, with chunks that depend on shapes only.
+    // per thread, for balance) and keep every core busy. Larger ones go to the
+    // packed GEMM, which is faster once packing pays off.
     let unpacked = cout.is_multiple_of(8) && k * cout <= SMALL_WEIGHT_FLOATS && rows <= SMALL_ROWS;
-    let mut chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1)).clamp(16, 512);
-    if unpacked {
-        chunk_rows = chunk_rows.min(rows.div_ceil(4 * super::op_threads::op_threads()).max(8));
+    if !unpacked {
+        return super::panel_conv::conv2d(x, weight, bias, s, g, epilogue, pointwise);
     }
-
+    let mut out = crate::tensor::pool::for_overwrite(rows * cout);
+    if rows == 0 || cout == 0 {
+        return out;
+    }
+    let chunk_rows = (PATCH_BUFFER_FLOATS / k.max(1))
+        .clamp(16, 512)
+        .min(rows.div_ceil(4 * super::op_threads::op_threads()).max(8));
     out.par_chunks_mut(chunk_rows * cout)
         .enumerate()
         .for_each_init(Vec::new, |patches: &mut Vec<f32>, (chunk, dst)| {
@@ -56,26 +57,17 @@ pub fn conv2d(
             let lhs: &[f32] = if pointwise {
                 &x[first_row * k..(first_row + n_rows) * k]
             } else {
+                patches.resize(n_rows * k, 0.0);
                 gather_patches(x, s, g, first_row, n_rows, patches);
-                patches
+                &patches[..n_rows * k]
             };
-            if unpacked {
-                small_matmul(dst, cout, lhs, k, weight, cout, n_rows, k, cout);
-                if let Some(b) = bias {
-                    for row in dst.chunks_mut(cout) {
-                        for (v, b) in row.iter_mut().zip(b) {
-                            *v += b;
-                        }
+            small_matmul(dst, cout, lhs, k, weight, cout, n_rows, k, cout);
+            if let Some(b) = bias {
+                for row in dst.chunks_mut(cout) {
+                    for (v, b) in row.iter_mut().zip(b) {
+                        *v += b;
                     }
                 }
-            } else {
-                if let Some(b) = bias {
-                    for row in dst.chunks_mut(cout) {
-                        row.copy_from_slice(b);
-                    }
-                }
-                let lhs = MatRef::row_major(lhs, n_rows, k);
-                matmul(dst, cout, lhs, w, 1.0, bias.is_some());
             }
             epilogue.apply(dst, first_row);
         });
@@ -84,18 +76,18 @@ pub fn conv2d(
 
 /// Writes the receptive fields of output pixels `first_row .. first_row + n_rows`
 /// into `patches` as rows of `kh·kw·c_in` values (zeros where the kernel overhangs).
-fn gather_patches(
+pub(super) fn gather_patches(
     x: &[f32],
     s: &ConvDims,
     g: &Conv2dGeometry,
     first_row: usize,
     n_rows: usize,
-    patches: &mut Vec<f32>,
+    patches: &mut [f32],
 ) {
     let cin = s.in_channels;
     let k = s.kernel_h * s.kernel_w * cin;
-    patches.clear();
-    patches.resize(n_rows * k, 0.0);
+    let patches = &mut patches[..n_rows * k];
+    patches.fill(0.0);
     for r in 0..n_rows {
         let pixel = first_row + r;
         let ox = pixel % s.out_width;

@@ -1,6 +1,8 @@
 //! A bounds-checked front to the `gemm` crate's SIMD kernels for strided f32
 //! matrices. Every other CPU op that multiplies matrices goes through here.
 
+use super::shared_out::SharedOut;
+
 /// A strided read-only matrix: element (i, j) is `data[i·row_stride + j·col_stride]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
@@ -89,6 +91,75 @@ pub fn matmul(
             dst.as_mut_ptr(),
             1,
             dst_row_stride as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// [`matmul`] into a tile of a buffer that concurrent tasks share: rows `0..lhs.rows`
+/// and columns `0..rhs.cols` of the row-major matrix that starts at element `offset`
+/// of `out` with row stride `row_stride`.
+///
+/// # Safety
+/// No other task may read or write this tile while the call runs (tasks writing
+/// disjoint tiles of one buffer are fine). Bounds are checked here.
+///
+/// # Panics
+/// As [`matmul`], and if the tile does not fit `out`.
+pub(crate) unsafe fn matmul_tile(
+    out: SharedOut,
+    offset: usize,
+    row_stride: usize,
+    lhs: MatRef,
+    rhs: MatRef,
+    scale: f32,
+    accumulate: bool,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul_tile: inner dimensions differ");
+    assert!(
+        lhs.fits() && rhs.fits(),
+        "matmul_tile: operand does not fit its slice"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        n <= row_stride && offset + (m - 1) * row_stride + n <= out.len(),
+        "matmul_tile: tile does not fit its buffer"
+    );
+    // SAFETY: the tile lies inside `out` (checked above); the caller guarantees
+    // that nothing else touches it meanwhile, and `lhs`/`rhs` are shared borrows,
+    // so they cannot be the buffer being written.
+    unsafe {
+        let dst = out.ptr().add(offset);
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    std::ptr::write_bytes(dst.add(i * row_stride), 0, n);
+                }
+            }
+            return;
+        }
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,

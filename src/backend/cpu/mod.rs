@@ -13,6 +13,7 @@ mod epilogue;
 pub mod matmul;
 mod norm;
 mod op_threads;
+mod panel_conv;
 mod pool2d;
 mod shared_out;
 pub mod small_gemm;
