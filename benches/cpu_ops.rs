@@ -6,7 +6,8 @@
 //! - group `sd15`: Stable Diffusion 1.5's first-level shapes (320 channels, 8 heads
 //!   of width 40, 77 text tokens, groups of 32) under CFG for one image (batch 2),
 //!   scaled to a 32×32 latent (a 256×256 image) so one call stays well under a
-//!   second on a 2-core CPU.
+//!   second on a 2-core CPU, plus a deep convolution and linear (1280 and 5120
+//!   input channels).
 //!
 //! Each reports time per call; throughput is set to the FLOPs (matrix ops: names end
 //! in "(flop)", so criterion's "elem/s" reads as FLOP/s) or bytes (memory-bound ops:
@@ -186,6 +187,33 @@ fn sd15(c: &mut Criterion) {
     group.throughput(Throughput::Elements(attention_flops(N, l, TEXT, C)));
     group.bench_function("cross-attention 2x1024x77 8 heads d40 (flop)", |bench| {
         bench.iter(|| b.attention(&q, &kx, &vx, HEADS).expect("attention"))
+    });
+    drop((q, k, v, kx, vx));
+
+    // The deep layers, where K = 9·c_in runs to 23,040 and the packed GEMM's row
+    // blocks and tiles (panel_conv.rs) matter: an up block's first convolution at
+    // 16×16 (1280 = 640 + 640 skip channels in, 640 out) and the feed-forward's
+    // output projection at the 8×8 level (5120 → 1280 over 2 × 64 tokens).
+    let x_deep = random(&b, &[N, 16, 16, 2 * 640], 34);
+    let w_deep = random(&b, &[3, 3, 2 * 640, 640], 35);
+    let bias_deep = random(&b, &[640], 36);
+    group.throughput(Throughput::Elements(conv3x3_flops(N, 16, 16, 1280, 640)));
+    group.bench_function("conv3x3 2x16x16 1280->640 (flop)", |bench| {
+        bench.iter(|| {
+            b.conv2d(
+                &x_deep,
+                &w_deep,
+                Some(&bias_deep),
+                &Conv2dGeometry::symmetric(1, 1),
+            )
+            .expect("conv")
+        })
+    });
+    let tokens_deep = random(&b, &[N, 64, 4 * 1280], 37);
+    let w_out = random(&b, &[4 * 1280, 1280], 38);
+    group.throughput(Throughput::Elements(gemm_flops(N * 64, 4 * 1280, 1280)));
+    group.bench_function("linear 2x64 5120->1280 (flop)", |bench| {
+        bench.iter(|| b.linear(&tokens_deep, &w_out, None).expect("linear"))
     });
     group.finish();
 }
