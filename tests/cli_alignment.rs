@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use common::{assert_usage_error, fixtures};
-use diffsteer::reward::{Classifier, ClassifierReward, Reward, SampleShape};
+use diffsteer::reward::{ClassGoal, ClassifierEnsemble, ClassifierReward, Reward, SampleShape};
 use diffsteer::rng::NoiseStream;
 use diffsteer::schedule::{self, ScheduleOptions, SchedulerKind};
 use diffsteer::{
@@ -170,9 +170,15 @@ fn best_of_n_writes_the_particle_with_the_best_final_reward() {
     )
     .expect("scheduler");
     let sampler = Sampler::new(&backend, &unet, scheduler.as_ref()).expect("sampler");
-    let classifier =
-        Arc::new(Classifier::load(&root().join("weights/digit-classifier")).expect("classifier"));
-    let reward = ClassifierReward::new(classifier, 3).expect("reward");
+    // `generate` without --classifier reads the shipped ensemble.
+    let classifier = Arc::new(
+        ClassifierEnsemble::load_on(
+            &root().join("weights/digit-reward"),
+            Arc::new(CpuBackend::new()),
+        )
+        .expect("the default reward model"),
+    );
+    let reward = ClassifierReward::of_ensemble(classifier, 3, ClassGoal::Target).expect("reward");
     let specs: Vec<SampleSpec> = (0..count as u64)
         .map(|i| SampleSpec {
             seed: seed + i,

@@ -68,6 +68,37 @@ def layers_for(widths=(16, 32, 32), hidden=64):
     ]
 
 
+def layers_mlp(hidden=(256, 128)):
+    """A fully connected reward model: a different architecture from the CNN, for ensembles
+    (adversarial directions of one rarely transfer to the other)."""
+    h1, h2 = hidden
+    return [
+        {"type": "flatten"},
+        {"type": "linear", "name": "fc1", "in_features": 784, "out_features": h1},
+        {"type": "silu"},
+        {"type": "linear", "name": "fc2", "in_features": h1, "out_features": h2},
+        {"type": "silu"},
+        {"type": "linear", "name": "fc3", "in_features": h2, "out_features": 10},
+    ]
+
+
+def layers_strided(widths=(24, 48, 64), hidden=64):
+    """A CNN without pooling: 5x5 convolutions, downsampling by stride 2 (14x14, 7x7, 4x4)."""
+    c1, c2, c3 = widths
+    return [
+        {"type": "conv2d", "name": "conv1", "in_channels": 1, "out_channels": c1, "kernel": 5, "stride": 2, "padding": 2},
+        {"type": "silu"},
+        {"type": "conv2d", "name": "conv2", "in_channels": c1, "out_channels": c2, "kernel": 5, "stride": 2, "padding": 2},
+        {"type": "silu"},
+        {"type": "conv2d", "name": "conv3", "in_channels": c2, "out_channels": c3, "kernel": 3, "stride": 2, "padding": 1},
+        {"type": "silu"},
+        {"type": "flatten"},
+        {"type": "linear", "name": "fc1", "in_features": c3 * 4 * 4, "out_features": hidden},
+        {"type": "silu"},
+        {"type": "linear", "name": "fc2", "in_features": hidden, "out_features": 10},
+    ]
+
+
 def forward_flops(layers):
     """Multiply-adds x 2 of one 1x28x28 forward pass."""
     h = w = 28
@@ -429,6 +460,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--t-per-digit", type=int, default=8, help="cached x0-estimates per training digit")
+    ap.add_argument("--arch", default="cnn", choices=["cnn", "mlp", "strided"],
+                    help="cnn: the shipped layout (--widths, --hidden); mlp: 784-256-128-10; "
+                         "strided: 5x5 stride-2 convolutions, no pooling")
     ap.add_argument("--widths", default="16,32,32")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
@@ -484,7 +518,12 @@ def main():
         m = in_trn[cidx]
         data = {"x0hat": cx[m], "y_hat": ytr[cidx[m]], "x_clean": xtr[trn], "y_clean": ytr[trn]}
         set_seeds(args.seed)
-        layers = layers_for(tuple(int(w) for w in args.widths.split(",")), args.hidden)
+        if args.arch == "mlp":
+            layers = layers_mlp()
+        elif args.arch == "strided":
+            layers = layers_strided()
+        else:
+            layers = layers_for(tuple(int(w) for w in args.widths.split(",")), args.hidden)
         net = LayerListNet(layers)
         log(f"classifier: {sum(p.numel() for p in net.parameters())} parameters, "
             f"{forward_flops(layers) / 1e6:.1f} MFLOP per forward; {len(data['x0hat'])} x0-estimates + "

@@ -70,12 +70,15 @@ pub fn make_backend(device: Device, dtype: Precision) -> Result<Box<dyn Backend>
     }
 }
 
-/// `digit-classifier` next to the model folder, else the shipped one.
+/// The reward classifier ensemble `digit-reward` next to the model folder, else a
+/// single `digit-classifier` there, else the shipped ensemble.
 pub fn default_classifier_dir(model_dir: &Path) -> PathBuf {
-    let sibling = model_dir
-        .parent()
-        .map(|p| p.join("digit-classifier"))
-        .filter(|p| p.is_dir());
+    let sibling = model_dir.parent().and_then(|p| {
+        ["digit-reward", "digit-classifier"]
+            .iter()
+            .map(|name| p.join(name))
+            .find(|dir| dir.is_dir())
+    });
     sibling.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CLASSIFIER_DIR))
 }
 

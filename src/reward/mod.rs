@@ -11,7 +11,8 @@ pub mod spec;
 pub mod sum;
 
 pub use classifier::{
-    ClassGoal, Classifier, ClassifierReward, Readout, AVOID_STEP_SHARE, AVOID_UNTIL_NOISE,
+    ClassGoal, Classifier, ClassifierEnsemble, ClassifierReward, Readout, AVOID_STEP_SHARE,
+    AVOID_UNTIL_NOISE,
 };
 pub use ink::InkReward;
 pub use spec::{parse_reward_spec, parse_reward_specs, RewardContext};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use super::classifier::{ClassGoal, Classifier, ClassifierReward};
+use super::classifier::{ClassGoal, ClassifierEnsemble, ClassifierReward};
 use super::ink::InkReward;
 use super::sum::WeightedSum;
 use super::Reward;
@@ -13,8 +13,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 
-/// Where the classifier the CLI uses by default lives (relative to the repository).
-pub const DEFAULT_CLASSIFIER_DIR: &str = "weights/digit-classifier";
+/// Where the classifier the CLI uses by default lives (relative to the repository):
+/// an ensemble of the shipped digit classifiers (`weights/README.md`).
+pub const DEFAULT_CLASSIFIER_DIR: &str = "weights/digit-reward";
 
 /// The accepted spec forms, for error messages and help texts.
 pub const REWARD_SPEC_FORMS: &str =
@@ -27,7 +28,7 @@ pub struct RewardContext {
     pub classifier_dir: PathBuf,
     /// Where a loaded classifier runs (the CPU unless [`RewardContext::with_backend`]).
     backend: Arc<dyn Backend>,
-    classifier: OnceLock<Arc<Classifier>>,
+    classifier: OnceLock<Arc<ClassifierEnsemble>>,
 }
 
 impl RewardContext {
@@ -45,12 +46,13 @@ impl RewardContext {
         self
     }
 
-    /// The classifier in `classifier_dir`, loaded on first use and shared after.
-    pub fn classifier(&self) -> Result<Arc<Classifier>> {
+    /// The classifier (or ensemble of classifiers) in `classifier_dir`, loaded on
+    /// first use and shared after.
+    pub fn classifier(&self) -> Result<Arc<ClassifierEnsemble>> {
         if let Some(c) = self.classifier.get() {
             return Ok(c.clone());
         }
-        let loaded = Arc::new(Classifier::load_on(
+        let loaded = Arc::new(ClassifierEnsemble::load_on(
             &self.classifier_dir,
             self.backend.clone(),
         )?);
@@ -108,7 +110,11 @@ pub fn parse_reward_spec(spec: &str, ctx: &RewardContext) -> Result<(f32, Box<dy
             } else {
                 ClassGoal::Target
             };
-            Box::new(ClassifierReward::with_goal(ctx.classifier()?, class, goal)?)
+            Box::new(ClassifierReward::of_ensemble(
+                ctx.classifier()?,
+                class,
+                goal,
+            )?)
         }
         "ink" => {
             let target: f32 = arg

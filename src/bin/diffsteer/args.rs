@@ -351,13 +351,14 @@ pub struct GenerateArgs {
 #[command(next_help_heading = "Alignment")]
 pub struct AlignArgs {
     /// Reward to steer toward, NAME:ARG[@WEIGHT]; repeat to sum several.
-    /// `classifier:D` = log p(D | x0) under --classifier; `ink:T` = mean ink
-    /// fraction close to T in [0, 1]. Turns on reward-gradient guidance.
+    /// `classifier:D` = log p(D | x0) under --classifier; `avoid:D` = log(1 - p(D | x0));
+    /// `ink:T` = mean ink fraction close to T in [0, 1]. Turns on reward-gradient guidance.
     #[arg(long = "reward", value_name = "SPEC")]
     pub rewards: Vec<String>,
 
-    /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
-    /// next to the model folder.
+    /// Classifier folder (or ensemble folder) of `classifier:` and `avoid:` rewards.
+    /// Default: the ensemble `digit-reward` next to the model folder, else
+    /// `digit-classifier` there.
     #[arg(long, value_name = "DIR")]
     pub classifier: Option<PathBuf>,
 
@@ -573,8 +574,9 @@ pub struct BatchArgs {
     #[arg(long)]
     pub sequential: bool,
 
-    /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
-    /// next to the model folder.
+    /// Classifier folder (or ensemble folder) of `classifier:` and `avoid:` rewards.
+    /// Default: the ensemble `digit-reward` next to the model folder, else
+    /// `digit-classifier` there.
     #[arg(long, value_name = "DIR")]
     pub classifier: Option<PathBuf>,
 
@@ -624,8 +626,9 @@ pub struct ServeArgs {
     #[arg(long = "max-body-bytes", value_name = "N", default_value = "1048576", value_parser = parse_positive, allow_negative_numbers = true)]
     pub max_body_bytes: usize,
 
-    /// Classifier folder of `classifier:` rewards. Default: `digit-classifier`
-    /// next to the model folder.
+    /// Classifier folder (or ensemble folder) of `classifier:` and `avoid:` rewards.
+    /// Default: the ensemble `digit-reward` next to the model folder, else
+    /// `digit-classifier` there.
     #[arg(long, value_name = "DIR")]
     pub classifier: Option<PathBuf>,
 

@@ -31,6 +31,7 @@
 //! sampler runs on); only the log-softmax of the logits runs on the host, in f64.
 
 mod config;
+mod ensemble;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use config::{parse_config, LayerKind};
 use weights::{load_conv, load_linear, Weights};
+
+pub use ensemble::{is_ensemble_folder, ClassifierEnsemble, ENSEMBLE_FORMAT};
 
 /// The `format` field a classifier `config.json` must carry.
 pub const CLASSIFIER_FORMAT: &str = "diffsteer-classifier/1";
@@ -578,7 +581,7 @@ pub enum ClassGoal {
 /// log(1 − p(`class` | x₀)) ([`ClassGoal::Avoid`]). Its scale is a log-probability
 /// (≤ 0), which makes weights of different rewards comparable.
 pub struct ClassifierReward {
-    classifier: Arc<Classifier>,
+    classifiers: Arc<ClassifierEnsemble>,
     target: usize,
     goal: ClassGoal,
 }
@@ -595,6 +598,20 @@ impl ClassifierReward {
     }
 
     pub fn with_goal(classifier: Arc<Classifier>, target: usize, goal: ClassGoal) -> Result<Self> {
+        Self::of_ensemble(
+            Arc::new(ClassifierEnsemble::single(classifier)),
+            target,
+            goal,
+        )
+    }
+
+    /// The reward read from the mean of an ensemble's members (see
+    /// [`ClassifierEnsemble`]); an error if `target` is not one of its classes.
+    pub fn of_ensemble(
+        classifier: Arc<ClassifierEnsemble>,
+        target: usize,
+        goal: ClassGoal,
+    ) -> Result<Self> {
         let name = spec_name(goal, target);
         if target >= classifier.num_classes() {
             return Err(Error::invalid(
@@ -617,14 +634,15 @@ impl ClassifierReward {
             ));
         }
         Ok(ClassifierReward {
-            classifier,
+            classifiers: classifier,
             target,
             goal,
         })
     }
 
-    pub fn classifier(&self) -> &Arc<Classifier> {
-        &self.classifier
+    /// The classifier(s) it reads: one, or an ensemble whose readouts are averaged.
+    pub fn classifiers(&self) -> &Arc<ClassifierEnsemble> {
+        &self.classifiers
     }
 
     pub fn target(&self) -> usize {
@@ -656,7 +674,7 @@ impl Reward for ClassifierReward {
     }
 
     fn check_shape(&self, shape: SampleShape) -> Result<()> {
-        let expected = self.classifier.input_shape();
+        let expected = self.classifiers.input_shape();
         if shape == expected {
             return Ok(());
         }
@@ -664,7 +682,7 @@ impl Reward for ClassifierReward {
             self.name(),
             format!(
                 "the classifier in {} expects {expected} samples (H×W×C), the model makes {shape}",
-                self.classifier.dir().display()
+                self.classifiers.dir().display()
             ),
         ))
     }
@@ -678,7 +696,7 @@ impl Reward for ClassifierReward {
         self.check_shape(shape)?;
         let n = shape.count(x0, "classifier reward")?;
         let readouts = vec![self.readout(); n];
-        self.classifier.readout_and_grad(x0, &readouts, grad)
+        self.classifiers.readout_and_grad(x0, &readouts, grad)
     }
 
     /// `avoid:D` pushes while the sample's content is still being decided, on
