@@ -31,6 +31,7 @@
 //! sampler runs on); only the log-softmax of the logits runs on the host, in f64.
 
 mod config;
+mod features;
 mod weights;
 
 use std::path::{Path, PathBuf};
