@@ -19,7 +19,7 @@ impl Gaussian {
     /// The mean and the unbiased covariance (divided by n − 1, as `numpy.cov`) of
     /// the `n = values.len() / dim` rows of `values`. Needs at least two finite rows.
     pub fn from_samples(values: &[f32], dim: usize) -> Result<Gaussian> {
-        if dim == 0 || values.len() % dim != 0 {
+        if dim == 0 || !values.len().is_multiple_of(dim) {
             return Err(Error::shape(
                 "feature statistics",
                 format!("{} values are not rows of {dim} features", values.len()),
