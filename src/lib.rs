@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod batch;
 pub mod error;
+pub mod frechet;
 pub mod fsutil;
 pub mod guidance;
 pub mod image;

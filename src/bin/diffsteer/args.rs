@@ -29,8 +29,8 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// Time a backend on a model: GEMM ceiling, U-Net forward, sampling per batch size.
     Bench(BenchArgs),
-    /// Sweep an alignment setting and report reward, target share, diversity and
-    /// time per image as a table, CSV and plot.
+    /// Sweep an alignment setting, or compare methods (--methods), and report reward,
+    /// target share, diversity and time per image as a table, CSV and plot.
     Eval(EvalArgs),
     /// Run a JSONL file of requests (one per line) with continuous batching:
     /// resumable, shardable, nothing lost.
@@ -725,8 +725,32 @@ pub struct EvalArgs {
     /// The setting to sweep and its values, e.g. `reward-scale=0,0.05,0.1` or
     /// `particles=1,2,4`. Keys: reward-scale, reward-iters, recur, particles,
     /// steer, fk-lambda, fk-every, fk-potential, reward-form, reward-schedule.
-    #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_sweep)]
-    pub sweep: Sweep,
+    #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_sweep, required_unless_present = "methods")]
+    pub sweep: Option<Sweep>,
+
+    /// Compare methods instead of sweeping one setting: a comma list of presets of
+    /// `generate` flags, each run for every target D (writes methods.csv and
+    /// methods.png, with a realism column). Presets (D = the target):
+    /// cfg = --class D --cfg 3;
+    /// apg = --class D --cfg 5 --guidance apg --apg-eta 0 --apg-norm-threshold 6 --apg-momentum -0.5;
+    /// cfg-zero-star = --class D --cfg 3 --guidance cfg-zero-star --zero-init-steps 1;
+    /// reward = --class none --reward classifier:D;
+    /// fk4 = reward + --particles 4 --steer fk;
+    /// best-of-4 = reward + --reward-scale 0 --particles 4 --steer best-of-n;
+    /// avoid:K = --class none --reward avoid:K (count × targets images; its target
+    /// share is the share not read as K).
+    #[arg(
+        long,
+        value_name = "M1,M2,...",
+        value_parser = crate::eval_methods::parse_methods,
+        conflicts_with_all = [
+            "sweep", "class", "cfg", "rewards", "reward_scale", "reward_form",
+            "reward_schedule", "reward_window", "reward_iters", "reward_raw", "recur",
+            "particles", "steer", "fk_potential", "fk_lambda", "fk_every", "fk_window",
+            "fk_adaptive",
+        ]
+    )]
+    pub methods: Option<crate::eval_methods::MethodList>,
 
     /// Images per target and setting (seeds seed, seed+1, ...).
     #[arg(long, value_name = "N", default_value = "20", value_parser = parse_count, allow_negative_numbers = true)]
@@ -756,7 +780,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed, allow_negative_numbers = true)]
     pub seed: u64,
 
-    /// Folder for eval.csv, eval.png and one grid PNG per setting.
+    /// Folder for eval.csv, eval.png (methods.csv, methods.png with --methods) and
+    /// one grid PNG per setting.
     #[arg(long, value_name = "DIR", default_value = "eval")]
     pub out: PathBuf,
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use diffsteer::fsutil::write_atomic;
 use diffsteer::image::Image8;
-use diffsteer::pipeline::{drive, Feed, Plan, Request};
+use diffsteer::pipeline::{drive, Engine, Feed, Plan, Request};
 
 use crate::args::{AlignArgs, EvalArgs, PotentialArg, RewardFormArg, RhoScheduleArg, SteerArg};
 use crate::engine_flags::{
@@ -85,7 +85,7 @@ fn with_setting(base: &AlignArgs, key: &str, value: &str) -> Result<AlignArgs, C
     Ok(a)
 }
 
-fn mean_std(values: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
@@ -93,7 +93,7 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 }
 
 /// Mean pairwise root-mean-square distance between the samples of one group.
-fn diversity(samples: &[Vec<f32>]) -> Option<f64> {
+pub(crate) fn diversity(samples: &[Vec<f32>]) -> Option<f64> {
     let mut total = 0.0;
     let mut pairs = 0usize;
     for (i, a) in samples.iter().enumerate() {
@@ -110,12 +110,14 @@ fn diversity(samples: &[Vec<f32>]) -> Option<f64> {
     (pairs > 0).then(|| total / pairs as f64)
 }
 
-fn prepare_out(dir: &Path, overwrite: bool) -> Result<(), CliError> {
-    if dir.join("eval.csv").exists() && !overwrite {
+/// Creates the output folder; one already holding `table` is refused without
+/// `--overwrite`.
+pub(crate) fn prepare_out(dir: &Path, table: &str, overwrite: bool) -> Result<(), CliError> {
+    if dir.join(table).exists() && !overwrite {
         return Err(usage(
             "--out",
             format!(
-                "{} already holds eval.csv; choose another folder or pass --overwrite",
+                "{} already holds {table}; choose another folder or pass --overwrite",
                 dir.display()
             ),
         ));
@@ -125,6 +127,15 @@ fn prepare_out(dir: &Path, overwrite: bool) -> Result<(), CliError> {
 }
 
 pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
+    if let Some(methods) = &args.methods {
+        return crate::eval_methods::run(args, &methods.0, threads);
+    }
+    let sweep = args.sweep.as_ref().ok_or_else(|| {
+        usage(
+            "--sweep",
+            "give --sweep KEY=V1,V2,... or --methods M1,M2,...",
+        )
+    })?;
     check_classifier_flag(&args.align)?;
     let engine = open_engine(
         &args.model,
@@ -155,8 +166,8 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
     // Every setting and target is validated before any sampling, so bad input costs
     // nothing.
     let mut settings = Vec::new();
-    for value in &args.sweep.values {
-        let flags = with_setting(&args.align, &args.sweep.key, value)?;
+    for value in &sweep.values {
+        let flags = with_setting(&args.align, &sweep.key, value)?;
         let plans = targets
             .iter()
             .map(|&target| {
@@ -167,45 +178,19 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
             .collect::<Result<Vec<_>, CliError>>()?;
         settings.push((value.clone(), plans));
     }
-    prepare_out(&args.out, args.overwrite)?;
+    prepare_out(&args.out, "eval.csv", args.overwrite)?;
 
     let mut points = Vec::new();
     for (p, (value, plans)) in settings.iter().enumerate() {
-        let particles = plans.first().map_or(1, |plan| plan.particles());
-        let mut runner = engine
-            .runner::<usize>(args.batch.saturating_mul(particles))
-            .map_err(engine_error)?;
-        let started = Instant::now();
-        // Per target: final rewards and samples, in image order.
-        let mut finals: Vec<Vec<(u64, f32, Vec<f32>)>> = vec![Vec::new(); plans.len()];
-        let mut feed = PlansFeed::new(plans);
-        engine
-            .with_workers(|| {
-                drive(
-                    &mut runner,
-                    &mut feed,
-                    &mut |done| {
-                        let image = done.result?;
-                        finals[done.tag].push((
-                            done.index,
-                            image.output.reward.unwrap_or(f32::NAN),
-                            image.output.data,
-                        ));
-                        Ok(())
-                    },
-                    &mut |_| {},
-                )
-            })
-            .map_err(engine_error)?;
-        let seconds = started.elapsed().as_secs_f64();
+        let sampled = sample_plans(&engine, plans, args.batch)?;
+        let seconds = sampled.seconds;
         let mut rewards = Vec::new();
         let mut hits = 0usize;
         let mut diversities = Vec::new();
         let mut tiles = Vec::new();
-        for (t, mut images) in finals.into_iter().enumerate() {
-            images.sort_by_key(|(index, _, _)| *index);
-            let samples: Vec<Vec<f32>> = images.iter().map(|(_, _, x)| x.clone()).collect();
-            rewards.extend(images.iter().map(|(_, r, _)| *r as f64));
+        for (t, images) in sampled.images.into_iter().enumerate() {
+            let samples: Vec<Vec<f32>> = images.iter().map(|(_, x)| x.clone()).collect();
+            rewards.extend(images.iter().map(|(r, _)| *r as f64));
             let flat: Vec<f32> = samples.iter().flatten().copied().collect();
             hits += engine
                 .install(|| classifier.predict(&flat))?
@@ -227,10 +212,10 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
                 "[{}/{}] {}={value}: {} targets × {} images in {seconds:.1} s ({:.1} samples per model call)",
                 p + 1,
                 settings.len(),
-                args.sweep.key,
+                sweep.key,
                 targets.len(),
                 args.count,
-                runner.stats().mean_slots_per_call()
+                sampled.slots_per_call
             );
         }
         let images = (targets.len() * args.count) as f64;
@@ -241,22 +226,20 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
             std_reward,
             target_share: hits as f64 / images,
             diversity: mean_std(&diversities).0,
-            rows_per_image: runner.stats().rows as f64 / images,
+            rows_per_image: sampled.rows as f64 / images,
             seconds_per_image: seconds / images,
         });
         let grid = Image8::grid(&tiles, args.count.min(10), 2, 2)?;
         write_atomic(
-            &args
-                .out
-                .join(format!("grid-{}-{value}.png", args.sweep.key)),
+            &args.out.join(format!("grid-{}-{value}.png", sweep.key)),
             &grid.encode_png()?,
         )?;
     }
 
-    print_table(&args.sweep.key, &points);
+    print_table(&sweep.key, &points);
     write_atomic(
         &args.out.join("eval.csv"),
-        csv(&args.sweep.key, &points).as_bytes(),
+        csv(&sweep.key, &points).as_bytes(),
     )?;
     let chart: Vec<EvalChartPoint> = points
         .iter()
@@ -269,7 +252,7 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
         .collect();
     write_atomic(
         &args.out.join("eval.png"),
-        &eval_chart_png(&args.sweep.key, &chart)?,
+        &eval_chart_png(&sweep.key, &chart)?,
     )?;
     if !args.quiet {
         eprintln!(
@@ -281,6 +264,65 @@ pub fn run(args: &EvalArgs, threads: Option<usize>) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// What sampling a list of plans gave.
+pub(crate) struct Sampled {
+    /// Per plan, in image order: the final reward (NaN without one) and the sample.
+    pub images: Vec<Vec<(f32, Vec<f32>)>>,
+    /// Wall time of the sampling.
+    pub seconds: f64,
+    /// Model rows (CFG's unconditional rows and particles included).
+    pub rows: u64,
+    pub slots_per_call: f64,
+}
+
+/// Samples every image of `plans`, one plan after another, `batch` images (times
+/// their particles) per model call.
+pub(crate) fn sample_plans(
+    engine: &Engine,
+    plans: &[Arc<Plan>],
+    batch: usize,
+) -> Result<Sampled, CliError> {
+    let particles = plans.iter().map(|plan| plan.particles()).max().unwrap_or(1);
+    let mut runner = engine
+        .runner::<usize>(batch.saturating_mul(particles))
+        .map_err(engine_error)?;
+    let started = Instant::now();
+    let mut finals: Vec<Vec<(u64, f32, Vec<f32>)>> = vec![Vec::new(); plans.len()];
+    let mut feed = PlansFeed::new(plans);
+    engine
+        .with_workers(|| {
+            drive(
+                &mut runner,
+                &mut feed,
+                &mut |done| {
+                    let image = done.result?;
+                    finals[done.tag].push((
+                        done.index,
+                        image.output.reward.unwrap_or(f32::NAN),
+                        image.output.data,
+                    ));
+                    Ok(())
+                },
+                &mut |_| {},
+            )
+        })
+        .map_err(engine_error)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let images = finals
+        .into_iter()
+        .map(|mut images| {
+            images.sort_by_key(|(index, _, _)| *index);
+            images.into_iter().map(|(_, r, x)| (r, x)).collect()
+        })
+        .collect();
+    Ok(Sampled {
+        images,
+        seconds,
+        rows: runner.stats().rows,
+        slots_per_call: runner.stats().mean_slots_per_call(),
+    })
 }
 
 /// The request of one target under one setting: `classifier:D` first, then the

@@ -31,14 +31,14 @@ pub struct EvalChartPoint {
 const WIDTH: u32 = 1320;
 const HEIGHT: u32 = 440;
 /// The family name the bundled font is registered under with plotters.
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 const REWARD: RGBColor = RGBColor(31, 119, 180);
 const SHARE: RGBColor = RGBColor(255, 127, 14);
 const COST: RGBColor = RGBColor(44, 160, 44);
 /// A numeric setting whose values span at least this ratio gets a log axis.
 const LOG_RATIO: f64 = 20.0;
 
-type DrawResult = Result<(), Box<dyn StdError>>;
+pub(crate) type DrawResult = Result<(), Box<dyn StdError>>;
 
 /// eval.png for a sweep of `sweep_key` over `points` (in sweep order).
 pub fn eval_chart_png(sweep_key: &str, points: &[EvalChartPoint]) -> Result<Vec<u8>, Error> {
@@ -58,7 +58,7 @@ pub fn eval_chart_png(sweep_key: &str, points: &[EvalChartPoint]) -> Result<Vec<
     .encode_png()
 }
 
-fn register_font() -> Result<(), Error> {
+pub(crate) fn register_font() -> Result<(), Error> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()
@@ -163,7 +163,7 @@ fn min_max(values: &[f64]) -> Option<(f64, f64)> {
 /// the tick spacing needs, up to four; past that (a near-flat reward) scientific
 /// notation with as many digits as tell the ticks apart. Plotters' default prints a
 /// tiny range as "-0.0" at every tick. A tick at zero up to rounding is "0".
-fn tick_label(range: (f64, f64)) -> impl Fn(&f64) -> String {
+pub(crate) fn tick_label(range: (f64, f64)) -> impl Fn(&f64) -> String {
     let step = (range.1 - range.0).abs() / 10.0;
     let usable = step > 0.0 && step.is_finite();
     let decimals = if usable {
@@ -190,7 +190,7 @@ fn tick_label(range: (f64, f64)) -> impl Fn(&f64) -> String {
 }
 
 /// A range holding every finite value with a margin (0..1 when there is none).
-fn padded(values: &[f64]) -> (f64, f64) {
+pub(crate) fn padded(values: &[f64]) -> (f64, f64) {
     match min_max(values) {
         None => (0.0, 1.0),
         Some((lo, hi)) if hi > lo => {

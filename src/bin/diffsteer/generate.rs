@@ -104,7 +104,7 @@ fn check_grid_path(grid: &Path, out: &Path) -> Result<(), CliError> {
 }
 
 /// The request `generate`'s flags describe.
-fn request_of(args: &GenerateArgs) -> Request {
+pub(crate) fn request_of(args: &GenerateArgs) -> Request {
     let mut request = Request {
         count: args.count as u64,
         seed: args.seed,

@@ -6,6 +6,8 @@ mod bench;
 mod engine_flags;
 mod eval;
 mod eval_chart;
+mod eval_methods;
+mod eval_methods_chart;
 mod generate;
 mod selftest;
 mod serve;

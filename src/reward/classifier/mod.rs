@@ -32,6 +32,7 @@
 
 mod config;
 mod ensemble;
+mod features;
 mod weights;
 
 use std::path::{Path, PathBuf};
