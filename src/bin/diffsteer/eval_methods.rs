@@ -206,7 +206,7 @@ struct Row {
     seconds_per_image: f64,
 }
 
-/// Where the real-digit feature statistics live: beside the classifier.
+/// Where the real-digit feature statistics live: beside the feature classifier.
 pub const REAL_FEATURES: &str = "real-features.safetensors";
 
 pub fn run(
@@ -221,11 +221,19 @@ pub fn run(
         args.align.classifier.clone(),
     )?;
     let shape = engine.sample_shape();
-    let classifier = engine
+    // Target shares and rewards are read by the reward model (an ensemble by
+    // default); realism by the features of its first member, whose real-digit
+    // statistics are shipped beside it.
+    let reward_model = engine
         .rewards()
         .classifier()
         .map_err(|e| usage("--classifier", e))?;
-    let classes = classifier.num_classes();
+    let classifier = reward_model
+        .members()
+        .first()
+        .cloned()
+        .ok_or_else(|| usage("--classifier", "the reward model lists no classifier"))?;
+    let classes = reward_model.num_classes();
     let targets = args
         .targets
         .clone()
@@ -250,7 +258,7 @@ pub fn run(
             ),
         ));
     }
-    let stats_path: PathBuf = engine.rewards().classifier_dir.join(REAL_FEATURES);
+    let stats_path: PathBuf = classifier.dir().join(REAL_FEATURES);
     let real = Gaussian::load(&stats_path).map_err(|e| {
         usage(
             "--classifier",
@@ -308,13 +316,14 @@ pub fn run(
                 .map(|(_, x)| clamp_to_input(&classifier, x))
                 .collect();
             let flat: Vec<f32> = samples.iter().flatten().copied().collect();
-            let predicted = engine.install(|| classifier.predict(&flat))?;
+            let predicted = engine.install(|| reward_model.predict(&flat))?;
             let readouts: Vec<Readout> = match (goal, spec.class) {
                 (Some(d), _) => vec![Readout::LogProb(*d); samples.len()],
                 (None, Some(k)) => vec![Readout::LogNotProb(k); samples.len()],
                 (None, None) => Vec::new(),
             };
-            let values = engine.install(|| classifier.readout_and_grad(&flat, &readouts, None))?;
+            let values =
+                engine.install(|| reward_model.readout_and_grad(&flat, &readouts, None))?;
             rewards.extend(values.iter().map(|&v| v as f64));
             match (goal, spec.class) {
                 (Some(d), _) => {
