@@ -128,4 +128,23 @@ mod tests {
         assert_eq!(average, [-0.5, 0.0]);
         assert!((out[0] + 0.5).abs() < 1e-6 && out[1].abs() < 1e-6);
     }
+
+    #[test]
+    fn a_partial_eta_weights_the_parallel_part_against_a_non_unit_cond() {
+        // cond = (3, 4), |cond| = 5, unit (0.6, 0.8); update = (2, 3).
+        // Parallel: (2·0.6 + 3·0.8)·(0.6, 0.8) = 3.6·(0.6, 0.8) = (2.16, 2.88);
+        // orthogonal: (−0.16, 0.12); η = 0.5: (−0.16 + 1.08, 0.12 + 1.44) = (0.92, 1.56);
+        // out = uncond + 2·that = (2.84, 4.12).
+        let apg = Apg {
+            eta: 0.5,
+            norm_threshold: 0.0,
+            momentum: 0.0,
+        };
+        let mut out = [0f32; 2];
+        apg.guide(&[1.0, 1.0], &[3.0, 4.0], 2.0, &mut [0.0; 2], &mut out);
+        assert!(
+            (out[0] - 2.84).abs() < 1e-5 && (out[1] - 4.12).abs() < 1e-5,
+            "{out:?}"
+        );
+    }
 }

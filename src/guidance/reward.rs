@@ -507,4 +507,436 @@ mod tests {
         ) - x0_estimate(PredictionType::Epsilon, alpha_bar, x, eps);
         assert!((moved - guided.step_size(alpha_bar) * g).abs() < 1e-6);
     }
+
+    use crate::reward::{InkReward, WeightedSum};
+    use crate::schedule::{build, ScheduleOptions, SchedulerConfig, SchedulerKind};
+
+    fn assert_close(what: &str, got: f32, want: f32, tolerance: f32) {
+        assert!(
+            (got - want).abs() <= tolerance,
+            "{what}: got {got}, want {want}"
+        );
+    }
+
+    /// The `name` of the argument a setting is refused under.
+    fn refused_as(result: Result<()>) -> String {
+        match result {
+            Err(Error::InvalidArgument { name, .. }) => name,
+            other => panic!("expected a refused argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn x0_estimate_and_output_shift_match_hand_derived_values() {
+        // ᾱ = 0.64: √ᾱ = 0.8, √(1 − ᾱ) = 0.6; model input 0.5, output 0.75.
+        let cases = [
+            (
+                PredictionType::Epsilon,
+                (0.5 - 0.6 * 0.75) / 0.8,
+                -0.8 / 0.6,
+            ),
+            (
+                PredictionType::VPrediction,
+                0.8 * 0.5 - 0.6 * 0.75,
+                -1.0 / 0.6,
+            ),
+            (PredictionType::Sample, 0.75, 1.0),
+        ];
+        for (prediction, x0, per_shift) in cases {
+            let what = format!("{prediction:?}");
+            assert_close(&what, x0_estimate(prediction, 0.64, 0.5, 0.75), x0, 1e-6);
+            assert_close(
+                &what,
+                output_per_x0_shift(prediction, 0.64),
+                per_shift,
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn step_size_follows_the_form_and_the_schedule() {
+        let constant = RewardGuidance {
+            scale: 0.5,
+            ..RewardGuidance::default()
+        };
+        let noise_level = RewardGuidance {
+            schedule: RhoSchedule::NoiseLevel,
+            ..constant
+        };
+        let eps = RewardGuidance {
+            form: RewardForm::Eps,
+            ..constant
+        };
+        // ᾱ = 0.64: ρ; ρ·√(1 − ᾱ) = 0.5·0.6; s·(1 − ᾱ)/√ᾱ = 0.5·0.36/0.8.
+        assert_close("constant", constant.step_size(0.64), 0.5, 1e-7);
+        assert_close("noise level", noise_level.step_size(0.64), 0.3, 1e-6);
+        assert_close("eps", eps.step_size(0.64), 0.225, 1e-6);
+    }
+
+    #[test]
+    fn recommended_leaves_the_last_tenth_unguided() {
+        let r = RewardGuidance::recommended(50);
+        assert_eq!(
+            r,
+            RewardGuidance {
+                form: RewardForm::X0,
+                scale: 0.6,
+                schedule: RhoSchedule::NoiseLevel,
+                normalize: true,
+                iterations: 1,
+                window: GuidanceInterval { start: 0, stop: 45 },
+                recurrence: 1,
+            }
+        );
+        assert_eq!(RewardGuidance::recommended(1).window.stop, 1);
+    }
+
+    #[test]
+    fn validate_accepts_the_edges_and_names_each_bad_setting() {
+        let max = crate::rng::MAX_RENOISE_REPEATS as usize;
+        let with = |edit: &dyn Fn(&mut RewardGuidance)| {
+            let mut g = RewardGuidance::default();
+            edit(&mut g);
+            g.validate()
+        };
+        let eps = |iterations: usize| {
+            move |g: &mut RewardGuidance| {
+                g.form = RewardForm::Eps;
+                g.iterations = iterations;
+            }
+        };
+        for ok in [
+            with(&|_| {}),
+            with(&|g| g.scale = 0.0),
+            with(&|g| g.iterations = 2),
+            with(&eps(1)),
+            with(&|g| g.recurrence = max),
+            with(&|g| g.window = GuidanceInterval { start: 3, stop: 4 }),
+        ] {
+            assert!(ok.is_ok(), "{ok:?}");
+        }
+        for (bad, name) in [
+            (with(&|g| g.scale = -0.1), "reward-scale"),
+            (with(&|g| g.scale = f32::NAN), "reward-scale"),
+            (with(&|g| g.scale = f32::INFINITY), "reward-scale"),
+            (with(&|g| g.iterations = 0), "reward-iters"),
+            (with(&eps(2)), "reward-iters"),
+            (with(&|g| g.recurrence = 0), "recur"),
+            (with(&|g| g.recurrence = max + 1), "recur"),
+            (
+                with(&|g| g.window = GuidanceInterval { start: 3, stop: 3 }),
+                "reward-window",
+            ),
+        ] {
+            assert_eq!(refused_as(bad), name);
+        }
+    }
+
+    #[test]
+    fn guidance_acts_inside_its_window_at_a_positive_scale() {
+        let g = RewardGuidance {
+            window: GuidanceInterval { start: 2, stop: 4 },
+            recurrence: 3,
+            ..RewardGuidance::default()
+        };
+        let (f, t) = (false, true);
+        assert_eq!(
+            (0..5).map(|s| g.active_at(s)).collect::<Vec<_>>(),
+            [f, f, t, t, f]
+        );
+        assert_eq!(
+            (0..5).map(|s| g.repeats_at(s)).collect::<Vec<_>>(),
+            [1, 1, 3, 3, 1]
+        );
+        let off = RewardGuidance { scale: 0.0, ..g };
+        assert!((0..5).all(|s| !off.active_at(s) && off.repeats_at(s) == 1));
+    }
+
+    fn euler(steps: usize) -> Box<dyn Scheduler> {
+        let config = SchedulerConfig::from_json_str("{}", "test").expect("config");
+        let options = ScheduleOptions {
+            eta: 0.0,
+            karras: None,
+        };
+        build(SchedulerKind::Euler, &config, steps, &options).expect("scheduler")
+    }
+
+    #[test]
+    fn an_euler_level_estimates_x0_as_latent_minus_sigma_eps() {
+        // Euler's input scale is 1/√(σ² + 1) = √ᾱ, so x̂₀ = x_t − σ·ε in σ space.
+        let s = euler(10);
+        let level = NoiseLevel::at(s.as_ref(), 3);
+        assert_eq!(
+            level,
+            NoiseLevel {
+                prediction: PredictionType::Epsilon,
+                alpha_bar: s.alpha_bar(3),
+                input_scale: s.input_scale(3),
+                step: 3,
+                timestep: s.timestep(3),
+            }
+        );
+        let sigma = s.sigmas().expect("Euler has sigmas")[3];
+        assert!(sigma > 1.0, "step 3 of 10 is noisy: σ = {sigma}");
+        let (latent, eps) = ([1.0f32, -2.0], [0.5f32, 0.25]);
+        let mut x0 = [0f32; 2];
+        level.x0_estimate(&latent, &eps, &mut x0);
+        for ((&got, &l), &e) in x0.iter().zip(&latent).zip(&eps) {
+            assert_close("x0", got, l - sigma * e, 1e-5 * sigma.max(1.0));
+        }
+    }
+
+    #[test]
+    fn renoise_adds_the_variance_between_the_two_levels() {
+        // In Euler's σ space a step from σ₃ lands on σ₄; going back keeps x₀ and adds
+        // noise of variance σ₃² − σ₄².
+        let s = euler(10);
+        let sigmas = s.sigmas().expect("Euler has sigmas");
+        let added = (sigmas[3] * sigmas[3] - sigmas[4] * sigmas[4]).sqrt();
+        let (after, z) = ([0.5f32, -1.0, 0.25], [0.0f32, 0.0, 1.0]);
+        let mut out = [0f32; 3];
+        renoise(s.as_ref(), 3, &after, &z, &mut out);
+        let want = [0.5, -1.0, 0.25 + added];
+        for (&got, &want) in out.iter().zip(&want) {
+            assert_close("renoised", got, want, 1e-4 * added.max(1.0));
+        }
+    }
+
+    fn level(
+        prediction: PredictionType,
+        alpha_bar: f32,
+        input_scale: f32,
+        step: usize,
+    ) -> NoiseLevel {
+        NoiseLevel {
+            prediction,
+            alpha_bar,
+            input_scale,
+            step,
+            timestep: 999.0 - step as f32,
+        }
+    }
+
+    fn row_name(r: usize) -> String {
+        format!("row {r}")
+    }
+
+    /// An `Ok` row's reward and shift (`None`: watched only).
+    fn ok_row(result: &Result<RowGuidance>) -> (f32, Option<Vec<f32>>) {
+        match result {
+            Ok(row) => (row.reward, row.shift.clone()),
+            Err(e) => panic!("expected a guided row, got {e}"),
+        }
+    }
+
+    fn assert_row(r: usize, result: &Result<RowGuidance>, reward: f32, shift: Option<f32>) {
+        let (got_reward, got_shift) = ok_row(result);
+        assert_close(&format!("row {r} reward"), got_reward, reward, 1e-3);
+        match (got_shift, shift) {
+            (None, None) => {}
+            (Some(got), Some(want)) => {
+                assert_eq!(got.len(), 4, "row {r}");
+                for v in got {
+                    assert_close(&format!("row {r} shift"), v, want, 1e-4);
+                }
+            }
+            (got, want) => panic!("row {r}: shift {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn guide_rows_steps_each_row_by_its_own_settings() {
+        // ink:0.5 on 2×2 samples: r = −(m − 0.5)²/(2·0.05²) with m = (mean + 1)/2, and
+        // ∂r/∂x = −(m − 0.5)/0.05²/8 = −50·(m − 0.5) on every pixel, so the
+        // normalised gradient is ±1 everywhere. A pixel shift Δ moves m by Δ/2.
+        let reward = InkReward::new(0.5).expect("ink");
+        let shape = SampleShape::new(2, 2, 1);
+        let window = GuidanceInterval { start: 0, stop: 5 };
+        let normalised = RewardGuidance {
+            scale: 0.5,
+            schedule: RhoSchedule::NoiseLevel,
+            window,
+            ..RewardGuidance::default()
+        };
+        let raw = RewardGuidance {
+            scale: 0.01,
+            normalize: false,
+            iterations: 2,
+            window,
+            ..RewardGuidance::default()
+        };
+        let eps = RewardGuidance {
+            form: RewardForm::Eps,
+            scale: 2.0,
+            window,
+            ..RewardGuidance::default()
+        };
+        use crate::schedule::PredictionType::{Epsilon, Sample};
+        let rows = [
+            // 0: step 9 is outside the window: evaluated only. x̂₀ = the output,
+            // mean 0.5, m = 0.75: r = −0.25²/0.005 = −12.5.
+            GuideRow {
+                level: level(Sample, 0.64, 1.0, 9),
+                guidance: &normalised,
+            },
+            // 1: ε at ᾱ = 0.64 (√ᾱ = 0.8, √(1−ᾱ) = 0.6), input scale 0.5: x̂₀ =
+            // (0.5·latent − 0.6·ε)/0.8 = (−0.5, 0.1, −0.2, −0.2), m = 0.4, r = −2.
+            // Raw steps of 0.01·g: g = 5 gives Δ = 0.05 (m = 0.425), then g = 3.75
+            // gives 0.0375; the output moves by 0.0875·(−0.8/0.6).
+            GuideRow {
+                level: level(Epsilon, 0.64, 0.5, 2),
+                guidance: &raw,
+            },
+            // 2: ε at ᾱ = 0.36: x̂₀ = (0.8, 0.6, 1.0, 0.8), m = 0.9, r = −0.4²/0.005
+            // = −32. One normalised step of ρ·√(1−ᾱ) = 0.5·0.8 = 0.4 down; the
+            // output moves by −0.4·(−0.6/0.8) = 0.3.
+            GuideRow {
+                level: level(Epsilon, 0.36, 1.0, 0),
+                guidance: &normalised,
+            },
+            // 3: the ε form at ᾱ = 0.64: x̂₀ = (−0.1, −0.3, 0.1, −0.1), m = 0.45,
+            // r = −0.5, g = 2.5; Δ = 2·0.36/0.8·2.5 = 2.25, output −2.25·0.8/0.6 = −3
+            // (= −s·√(1−ᾱ)·g, classifier guidance).
+            GuideRow {
+                level: level(Epsilon, 0.64, 1.0, 4),
+                guidance: &eps,
+            },
+            // 4: x̂₀ = 1e20 everywhere: the reward overflows to −∞, an error of this
+            // row alone.
+            GuideRow {
+                level: level(Sample, 0.64, 1.0, 1),
+                guidance: &normalised,
+            },
+        ];
+        #[rustfmt::skip]
+        let latents = [
+            0.3, -0.3, 0.1, 0.7,
+            -0.68, -0.20, -0.08, -0.32,
+            0.88, -0.04, 0.8, 0.48,
+            0.04, -0.12, -0.04, -0.2,
+            0.0, 0.0, 0.0, 0.0,
+        ];
+        #[rustfmt::skip]
+        let outputs = [
+            0.2, 0.4, 0.6, 0.8,
+            0.1, -0.3, 0.2, 0.0,
+            0.5, -0.5, 0.25, 0.0,
+            0.2, 0.2, -0.2, -0.2,
+            1e20, 1e20, 1e20, 1e20,
+        ];
+        let results =
+            guide_rows(&reward, shape, &rows, &latents, &outputs, &row_name).expect("batch");
+        assert_eq!(results.len(), 5);
+        assert_row(0, &results[0], -12.5, None);
+        assert_row(1, &results[1], -2.0, Some(0.0875 * -0.8 / 0.6));
+        assert_row(2, &results[2], -32.0, Some(0.3));
+        assert_row(3, &results[3], -0.5, Some(-3.0));
+        match &results[4] {
+            Err(e @ Error::NonFinite { step: 1, .. }) => {
+                assert!(e.to_string().contains("the reward of row 4"), "{e}")
+            }
+            other => panic!("row 4: expected a non-finite reward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn guide_rows_steps_a_sum_by_its_weighted_terms() {
+        // 2·ink:0.5 + 0·ink:0.9: the zero-weight term is evaluated but does not
+        // steer; the other moves x̂₀ by 2·ρ·ĝ, ĝ = ±1 (see the test above).
+        let sum = WeightedSum::new(vec![
+            (
+                2.0,
+                Box::new(InkReward::new(0.5).expect("ink")) as Box<dyn Reward>,
+            ),
+            (0.0, Box::new(InkReward::new(0.9).expect("ink"))),
+        ])
+        .expect("sum");
+        let g = RewardGuidance {
+            scale: 0.25,
+            ..RewardGuidance::default()
+        };
+        let rows = [
+            // m = 0.75: 2·(−12.5) + 0·(−0.15²/0.005); Δ = 2·0.25·(−1), output ×1.
+            GuideRow {
+                level: level(PredictionType::Sample, 0.64, 1.0, 0),
+                guidance: &g,
+            },
+            // m = 0.45: 2·(−0.5); Δ = +0.5, output ×(−0.8/0.6).
+            GuideRow {
+                level: level(PredictionType::Epsilon, 0.64, 1.0, 3),
+                guidance: &g,
+            },
+        ];
+        let latents = [0.0, 0.0, 0.0, 0.0, 0.04, -0.12, -0.04, -0.2];
+        let outputs = [0.2, 0.4, 0.6, 0.8, 0.2, 0.2, -0.2, -0.2];
+        let shape = SampleShape::new(2, 2, 1);
+        let results = guide_rows(&sum, shape, &rows, &latents, &outputs, &row_name).expect("batch");
+        assert_eq!(results.len(), 2);
+        assert_row(0, &results[0], -25.0, Some(-0.5));
+        assert_row(1, &results[1], -1.0, Some(0.5 * -0.8 / 0.6));
+    }
+
+    #[test]
+    fn a_gated_normalised_step_is_scaled_by_the_gate() {
+        // `avoid:` on the test fixture classifier: at ᾱ = 0.1 (√(1−ᾱ) ≈ 0.95, above
+        // where `avoid:` stops) its gate is 0.7·√p, neither 0 nor 1. The x̂₀ shift must
+        // be ρ·gate·g/rms(g), from the reward's own value, gradient and gate.
+        use crate::reward::{Classifier, ClassifierReward};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/rewards/classifier");
+        let classifier = std::sync::Arc::new(Classifier::load(&dir).expect("fixture"));
+        let reward = ClassifierReward::avoid(classifier, 2).expect("avoid");
+        let shape = SampleShape::new(11, 13, 3);
+        let per = shape.len();
+        let x0: Vec<f32> = (0..per)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let alpha_bar = 0.1;
+        let mut g = vec![0f32; per];
+        let value = reward
+            .evaluate_at(shape, &x0, &[alpha_bar], Some(&mut g))
+            .expect("eval")[0];
+        let gate = reward.step_gate(value, alpha_bar);
+        assert!(gate > 0.01 && gate < 0.99, "gate {gate}");
+        let rms = (g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / per as f64).sqrt();
+        let guidance = RewardGuidance {
+            scale: 0.5,
+            ..RewardGuidance::default()
+        };
+        let rows = [GuideRow {
+            level: level(PredictionType::Sample, alpha_bar, 1.0, 0),
+            guidance: &guidance,
+        }];
+        let results = guide_rows(&reward, shape, &rows, &x0, &x0, &row_name).expect("batch");
+        let (got_reward, shift) = ok_row(&results[0]);
+        assert_close("reward", got_reward, value, 1e-6);
+        let shift = shift.expect("guided");
+        let biggest = g.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        for (i, (&s, &gi)) in shift.iter().zip(&g).enumerate() {
+            let want = (0.5 * gate as f64 * gi as f64 / rms) as f32;
+            let tolerance = (1e-5 * 0.5 * biggest / rms) as f32;
+            assert_close(&format!("shift[{i}]"), s, want, tolerance);
+        }
+    }
+
+    #[test]
+    fn guide_rows_refuses_buffers_of_the_wrong_length() {
+        let reward = InkReward::new(0.5).expect("ink");
+        let g = RewardGuidance::default();
+        let row = GuideRow {
+            level: level(PredictionType::Sample, 0.64, 1.0, 0),
+            guidance: &g,
+        };
+        let shape = SampleShape::new(2, 2, 1);
+        let rows = [row, row];
+        let (eight, seven) = ([0.1f32; 8], [0.1f32; 7]);
+        for (latents, outputs) in [(&seven[..], &eight[..]), (&eight[..], &seven[..])] {
+            match guide_rows(&reward, shape, &rows, latents, outputs, &row_name) {
+                Err(Error::Shape { .. }) => {}
+                other => panic!("expected a shape error, got {other:?}"),
+            }
+        }
+        assert!(guide_rows(&reward, shape, &rows, &eight, &eight, &row_name).is_ok());
+    }
 }

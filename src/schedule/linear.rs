@@ -21,7 +21,8 @@ impl LinearStep {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{build, ScheduleOptions, SchedulerConfig, SchedulerKind};
+    use super::super::{build, PredictionType, ScheduleOptions, SchedulerConfig, SchedulerKind};
+    use super::LinearStep;
     use crate::rng::{normal_vec, NoiseStream};
 
     /// Runs `steps` steps of `kind` twice, with `step` and with the linear form, from
@@ -70,6 +71,24 @@ mod tests {
             x = reference;
         }
         worst
+    }
+
+    #[test]
+    fn vp_x0_coefficients_are_the_hand_derived_ones() {
+        // √ᾱ = 0.8, √(1 − ᾱ) = 0.6. ε: x̂₀ = (x − 0.6·m)/0.8; v: x̂₀ = 0.8·x − 0.6·m;
+        // sample: x̂₀ = m.
+        let cases = [
+            (PredictionType::Epsilon, (1.25, -0.75)),
+            (PredictionType::VPrediction, (0.8, -0.6)),
+            (PredictionType::Sample, (0.0, 1.0)),
+        ];
+        for (prediction, (from_sample, from_output)) in cases {
+            let (a, b) = LinearStep::vp_x0(prediction, 0.8, 0.6);
+            assert!(
+                (a - from_sample).abs() < 1e-6 && (b - from_output).abs() < 1e-6,
+                "{prediction:?}: ({a}, {b})"
+            );
+        }
     }
 
     #[test]

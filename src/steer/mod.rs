@@ -163,4 +163,69 @@ mod tests {
             Some(vec![0, 0, 0, 0])
         );
     }
+
+    #[test]
+    fn without_the_adaptive_rule_a_balanced_population_is_resampled() {
+        let s = Steering::new(4, SteerMethod::FeynmanKac);
+        // Equal weights, u = 0.5: the points 0.125, 0.375, … fall one per particle.
+        assert_eq!(
+            resample_population(&s, &[0.0; 4], 0.5),
+            Some(vec![0, 1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn cli_names_are_the_documented_ones_and_round_trip() {
+        assert_eq!(SteerMethod::BestOfN.cli_name(), "best-of-n");
+        assert_eq!(SteerMethod::FeynmanKac.cli_name(), "fk");
+        for m in [SteerMethod::BestOfN, SteerMethod::FeynmanKac] {
+            assert_eq!(SteerMethod::from_cli_name(m.cli_name()), Some(m));
+        }
+        assert_eq!(SteerMethod::from_cli_name("smc"), None);
+        assert_eq!(SteerMethod::from_cli_name(""), None);
+    }
+
+    #[test]
+    fn one_particle_is_no_steering() {
+        assert!(!Steering::NONE.is_active());
+        assert!(!Steering::new(1, SteerMethod::FeynmanKac).is_active());
+        assert!(Steering::new(2, SteerMethod::BestOfN).is_active());
+    }
+
+    #[test]
+    fn validate_accepts_the_edges_and_names_each_bad_setting() {
+        let max = crate::rng::MAX_PARTICLES as usize;
+        let with = |edit: &dyn Fn(&mut Steering)| {
+            let mut s = Steering::new(4, SteerMethod::FeynmanKac);
+            edit(&mut s);
+            s.validate()
+        };
+        for ok in [
+            with(&|_| {}),
+            with(&|s| s.particles = 1),
+            with(&|s| s.particles = max),
+            with(&|s| s.lambda = 0.0),
+            with(&|s| s.every = 1),
+            with(&|s| s.window = GuidanceInterval { start: 3, stop: 4 }),
+        ] {
+            assert!(ok.is_ok(), "{ok:?}");
+        }
+        for (bad, want) in [
+            (with(&|s| s.particles = 0), "particles"),
+            (with(&|s| s.particles = max + 1), "particles"),
+            (with(&|s| s.lambda = -1.0), "fk-lambda"),
+            (with(&|s| s.lambda = f64::NAN), "fk-lambda"),
+            (with(&|s| s.lambda = f64::INFINITY), "fk-lambda"),
+            (with(&|s| s.every = 0), "fk-every"),
+            (
+                with(&|s| s.window = GuidanceInterval { start: 3, stop: 3 }),
+                "fk-window",
+            ),
+        ] {
+            match bad {
+                Err(Error::InvalidArgument { name, .. }) => assert_eq!(name, want),
+                other => panic!("{want}: expected a refused argument, got {other:?}"),
+            }
+        }
+    }
 }
