@@ -7,6 +7,7 @@
 
 pub mod classifier;
 pub mod ink;
+pub mod realism;
 pub mod spec;
 pub mod sum;
 
@@ -14,6 +15,7 @@ pub use classifier::{
     ClassGoal, Classifier, ClassifierReward, Readout, AVOID_STEP_SHARE, AVOID_UNTIL_NOISE,
 };
 pub use ink::InkReward;
+pub use realism::{RealismReward, REALISM_STEP_SHARE};
 pub use spec::{parse_reward_spec, parse_reward_specs, RewardContext};
 pub use sum::WeightedSum;
 

@@ -352,7 +352,9 @@ pub struct GenerateArgs {
 pub struct AlignArgs {
     /// Reward to steer toward, NAME:ARG[@WEIGHT]; repeat to sum several.
     /// `classifier:D` = log p(D | x0) under --classifier; `ink:T` = mean ink
-    /// fraction close to T in [0, 1]. Turns on reward-gradient guidance.
+    /// fraction close to T in [0, 1]; `realism` = log-odds that x0 is real rather
+    /// than the model's own (the discriminator `realism/` next to the classifier
+    /// folder, else weights/realism). Turns on reward-gradient guidance.
     #[arg(long = "reward", value_name = "SPEC")]
     pub rewards: Vec<String>,
 
