@@ -7,6 +7,7 @@
 
 pub mod classifier;
 pub mod ink;
+pub mod realism;
 pub mod spec;
 pub mod sum;
 
@@ -15,6 +16,7 @@ pub use classifier::{
     AVOID_UNTIL_NOISE,
 };
 pub use ink::InkReward;
+pub use realism::{RealismReward, REALISM_STEP_SHARE};
 pub use spec::{parse_reward_spec, parse_reward_specs, RewardContext};
 pub use sum::WeightedSum;
 

@@ -1,12 +1,14 @@
 //! Reward specs as written on the command line: `NAME:ARG[@WEIGHT]`, e.g.
 //! `classifier:3`, `ink:0.2@0.5`. Parsing builds the rewards, loading the classifier
-//! at most once however many `classifier:` specs there are.
+//! at most once however many `classifier:` specs there are. `realism` takes no
+//! argument: `realism` or `realism@WEIGHT`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use super::classifier::{ClassGoal, ClassifierEnsemble, ClassifierReward};
+use super::classifier::{ClassGoal, Classifier, ClassifierEnsemble, ClassifierReward};
 use super::ink::InkReward;
+use super::realism::{RealismReward, DEFAULT_REALISM_DIR};
 use super::sum::WeightedSum;
 use super::Reward;
 use crate::backend::cpu::CpuBackend;
@@ -20,7 +22,8 @@ pub const DEFAULT_CLASSIFIER_DIR: &str = "weights/digit-reward";
 /// The accepted spec forms, for error messages and help texts.
 pub const REWARD_SPEC_FORMS: &str =
     "classifier:D (log p(digit D), D a class of the classifier), avoid:D (log(1 - p(digit D))), \
-     ink:T (ink fraction T in [0, 1]), each optionally followed by @WEIGHT (default 1)";
+     ink:T (ink fraction T in [0, 1]), realism (log-odds real vs the model's own samples), \
+     each optionally followed by @WEIGHT (default 1)";
 
 /// What building rewards from specs may need, loaded lazily: a run without a
 /// `classifier:` spec never touches the classifier folder.
@@ -29,15 +32,47 @@ pub struct RewardContext {
     /// Where a loaded classifier runs (the CPU unless [`RewardContext::with_backend`]).
     backend: Arc<dyn Backend>,
     classifier: OnceLock<Arc<ClassifierEnsemble>>,
+    /// The discriminator of `realism`: `realism/` next to `classifier_dir`, else the
+    /// shipped one.
+    pub realism_dir: PathBuf,
+    realism: OnceLock<Arc<Classifier>>,
 }
 
 impl RewardContext {
     pub fn new(classifier_dir: impl Into<PathBuf>) -> Self {
+        let classifier_dir = classifier_dir.into();
+        let realism_dir = classifier_dir
+            .parent()
+            .map(|p| p.join("realism"))
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_REALISM_DIR));
         RewardContext {
-            classifier_dir: classifier_dir.into(),
+            classifier_dir,
             backend: Arc::new(CpuBackend::new()),
             classifier: OnceLock::new(),
+            realism_dir,
+            realism: OnceLock::new(),
         }
+    }
+
+    /// Reads `realism` from the discriminator in `dir`.
+    pub fn with_realism_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.realism_dir = dir.into();
+        self.realism = OnceLock::new();
+        self
+    }
+
+    /// The `realism` reward, its discriminator loaded on first use and shared after.
+    pub fn realism(&self) -> Result<RealismReward> {
+        if let Some(d) = self.realism.get() {
+            return RealismReward::new(d.clone());
+        }
+        let loaded = RealismReward::load(&self.realism_dir, self.backend.clone())?;
+        let shared = self
+            .realism
+            .get_or_init(|| loaded.discriminator().clone())
+            .clone();
+        RealismReward::new(shared)
     }
 
     /// Runs the classifier on `backend` (e.g. the GPU the sampler uses).
@@ -90,6 +125,9 @@ pub fn parse_reward_spec(spec: &str, ctx: &RewardContext) -> Result<(f32, Box<dy
             (body, weight)
         }
     };
+    if body.trim() == "realism" {
+        return Ok((weight, Box::new(ctx.realism()?)));
+    }
     let Some((name, arg)) = body.split_once(':') else {
         return Err(bad(
             spec,
@@ -128,6 +166,7 @@ pub fn parse_reward_spec(spec: &str, ctx: &RewardContext) -> Result<(f32, Box<dy
             }
             Box::new(InkReward::new(target)?)
         }
+        "realism" => return Err(bad(spec, "realism takes no argument: write `realism`")),
         other => return Err(bad(spec, format!("unknown reward {other:?}"))),
     };
     Ok((weight, reward))

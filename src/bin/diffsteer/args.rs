@@ -352,7 +352,9 @@ pub struct GenerateArgs {
 pub struct AlignArgs {
     /// Reward to steer toward, NAME:ARG[@WEIGHT]; repeat to sum several.
     /// `classifier:D` = log p(D | x0) under --classifier; `avoid:D` = log(1 - p(D | x0));
-    /// `ink:T` = mean ink fraction close to T in [0, 1]. Turns on reward-gradient guidance.
+    /// `ink:T` = mean ink fraction close to T in [0, 1]; `realism` = log-odds that x0 is
+    /// real rather than the model's own (the discriminator `realism/` next to the
+    /// classifier folder, else weights/realism). Turns on reward-gradient guidance.
     #[arg(long = "reward", value_name = "SPEC")]
     pub rewards: Vec<String>,
 
@@ -738,7 +740,7 @@ pub struct EvalArgs {
     /// fk4 = reward + --particles 4 --steer fk;
     /// best-of-4 = reward + --reward-scale 0 --particles 4 --steer best-of-n;
     /// avoid:K = --class none --reward avoid:K (count × targets images; its target
-    /// share is the share not read as K).
+    /// share is the share not read as K); realism = cfg + --reward realism.
     #[arg(
         long,
         value_name = "M1,M2,...",

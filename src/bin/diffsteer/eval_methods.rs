@@ -74,6 +74,11 @@ pub const METHODS: &[Method] = &[
         "--class none --reward classifier:{D} --reward-scale 0 --particles 4 --steer best-of-n",
     ),
     method("avoid", Goal::Avoid, "--class none --reward avoid:{K}"),
+    method(
+        "realism",
+        Goal::Reach,
+        "--class {D} --cfg 3 --reward realism",
+    ),
 ];
 
 /// One entry of `--methods`: a preset and, for an avoiding one, its class.
